@@ -1,0 +1,334 @@
+"""`SAMModel`: m-SAM as a Keras `Model` that wraps any built Keras model.
+
+One training step on a (per-replica) batch of b examples split into shards S_1..S_k of m examples:
+
+    g_j   = grad L_{S_j}(w)                      (loss over the shard, + regularisation)
+    eps_j = rho * g_j / ||g_j||                  (see `ascent.py` for the variants)
+    G_j   = grad L_{S_j}(w + eps_j)
+    w    <- optimizer(sum_j |S_j| / b * G_j)
+
+The shards are vectorized (`shards.py`): both passes run as one batched computation over shards, the
+perturbed pass with per-shard weights. All model calls are `stateless_call`s, so nothing is ever
+assigned to the weights during the ascent; BatchNorm statistics and RNG seeds come only from the
+unperturbed pass, merged as if the shards had run one after another.
+"""
+
+import re
+import warnings
+
+import keras
+import tensorflow as tf
+from keras import tree
+from keras.src.losses import loss as loss_module
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from keras_msam import ascent, shards
+
+SAM_LOGS = ("sam_loss", "sharpness", "grad_norm", "eps_norm", "rho")
+
+
+def _check_settings(rho, m, ascent_steps, step_mult, adaptive_eta, bn_in_ascent, shards_per_pass):
+    if not callable(rho) and (rho is None or float(rho) < 0):
+        raise ValueError(f"rho must be a float >= 0 or a schedule (callable of the step); got rho={rho!r}.")
+    if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+        raise ValueError(f"m must be a positive int (examples per shard) or None for the whole batch; got m={m!r}.")
+    if not isinstance(ascent_steps, int) or ascent_steps < 1:
+        raise ValueError(f"ascent_steps must be an int >= 1; got ascent_steps={ascent_steps!r}.")
+    if step_mult <= 0:
+        raise ValueError(f"step_mult must be > 0; got step_mult={step_mult!r}.")
+    if adaptive_eta < 0:
+        raise ValueError(f"adaptive_eta must be >= 0; got adaptive_eta={adaptive_eta!r}.")
+    if bn_in_ascent not in ("batch", "frozen"):
+        raise ValueError(f"bn_in_ascent must be 'batch' (ghost BN) or 'frozen' (inference mode); got {bn_in_ascent!r}.")
+    if shards_per_pass is not None and (not isinstance(shards_per_pass, int) or shards_per_pass < 1):
+        raise ValueError(f"shards_per_pass must be a positive int or None; got {shards_per_pass!r}.")
+
+
+@keras.saving.register_keras_serializable(package="keras_msam")
+class SAMModel(keras.Model):
+    """Trains a wrapped Keras model with m-SAM; `evaluate`, `predict` and `call` are the wrapped model's.
+
+    Args:
+        model: a built Keras model (Sequential, functional or subclassed).
+        rho: ascent radius, a float >= 0 or a schedule `rho(step)` (e.g. a Keras
+            `LearningRateSchedule`), evaluated on `optimizer.iterations`.
+        m: examples per shard (per replica); None means one shard = the whole per-replica batch.
+            A batch that m does not divide ends with a smaller shard, weighted by its size.
+        normalize: eps = rho * g / ||g|| (True) or rho * g (False, the papers' theory).
+        ascent_steps: k > 1 takes k ascent steps of size rho * step_mult, each projected back onto
+            the rho-ball (when normalized).
+        step_mult: step size of one ascent step, as a multiple of rho.
+        adaptive: ASAM, the ascent scaled elementwise by |w| + adaptive_eta.
+        exclude: regular expressions; trainable variables whose `path` matches one are not perturbed
+            (and not counted in ||g||), e.g. `exclude=[r"batch_normalization", r"bias"]`.
+        bn_in_ascent: "batch" (ghost BN: the ascent gradient uses the shard's batch statistics) or
+            "frozen" (BatchNorm in inference mode for the ascent gradient).
+        shards_per_pass: at most this many shards are vectorized together (None: all); the rest are
+            visited in a loop. Lower it when the per-shard weight copies do not fit in memory.
+        sam_enabled: start with SAM on (True) or off (plain ERM step until switched on).
+    """
+
+    def __init__(
+        self,
+        model,
+        rho=0.05,
+        m=None,
+        normalize=True,
+        ascent_steps=1,
+        step_mult=1.0,
+        adaptive=False,
+        adaptive_eta=0.0,
+        exclude=(),
+        bn_in_ascent="batch",
+        shards_per_pass=None,
+        sam_enabled=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_settings(rho, m, ascent_steps, step_mult, adaptive_eta, bn_in_ascent, shards_per_pass)
+        self.inner = model
+        self.m = m
+        self.normalize = bool(normalize)
+        self.ascent_steps = ascent_steps
+        self.step_mult = float(step_mult)
+        self.adaptive = bool(adaptive)
+        self.adaptive_eta = float(adaptive_eta)
+        self.exclude = tuple(exclude)
+        self.bn_in_ascent = bn_in_ascent
+        self.shards_per_pass = shards_per_pass
+        self.rho_schedule = rho if callable(rho) else None
+        self._rho = keras.Variable(0.0 if callable(rho) else float(rho), trainable=False, name="sam_rho")
+        self._enabled = keras.Variable(bool(sam_enabled), trainable=False, dtype="bool", name="sam_enabled")
+        self._sam_trackers = [keras.metrics.Mean(name=n) for n in SAM_LOGS]
+
+    # ----------------------------------------------------------------- runtime switches
+    @property
+    def rho(self):
+        """The current radius (a float); assigning a float changes it without recompiling."""
+        if self.rho_schedule is not None:
+            return float(self.rho_schedule(self.optimizer.iterations))
+        return float(self._rho.numpy())
+
+    @rho.setter
+    def rho(self, value):
+        if callable(value) or value is None or float(value) < 0:
+            raise ValueError(f"rho must be a float >= 0; got rho={value!r}.")
+        if self.rho_schedule is not None:
+            raise ValueError("This SAMModel follows a rho schedule; set rho_schedule=None before assigning rho.")
+        self._rho.assign(float(value))
+
+    @property
+    def sam_enabled(self):
+        return bool(self._enabled.numpy())
+
+    @sam_enabled.setter
+    def sam_enabled(self, value):
+        self._enabled.assign(bool(value))
+
+    def current_rho(self):
+        """rho for this step as a float32 tensor (the schedule evaluated on optimizer.iterations)."""
+        if self.rho_schedule is None:
+            return tf.cast(self._rho, tf.float32)
+        return tf.cast(self.rho_schedule(self.optimizer.iterations), tf.float32)
+
+    # ----------------------------------------------------------------- Keras plumbing
+    def call(self, inputs, training=False):
+        return self.inner(inputs, training=training)
+
+    def build(self, input_shape=None):
+        if not self.inner.built:
+            self.inner.build(input_shape)
+        self.built = True
+
+    @property
+    def metrics(self):
+        return super().metrics + self._sam_trackers
+
+    def get_config(self):
+        rho = keras.saving.serialize_keras_object(self.rho_schedule) if self.rho_schedule else float(self._rho.numpy())
+        return {
+            "model": keras.saving.serialize_keras_object(self.inner),
+            "rho": rho,
+            "m": self.m,
+            "normalize": self.normalize,
+            "ascent_steps": self.ascent_steps,
+            "step_mult": self.step_mult,
+            "adaptive": self.adaptive,
+            "adaptive_eta": self.adaptive_eta,
+            "exclude": list(self.exclude),
+            "bn_in_ascent": self.bn_in_ascent,
+            "shards_per_pass": self.shards_per_pass,
+            "sam_enabled": self.sam_enabled,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"], custom_objects=custom_objects)
+        if isinstance(config["rho"], dict):
+            config["rho"] = keras.saving.deserialize_keras_object(config["rho"], custom_objects=custom_objects)
+        return cls(**config)
+
+    # ----------------------------------------------------------------- the step
+    def train_step(self, data):
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        weights = [v.value for v in self.inner.trainable_variables]
+        state = [v.value for v in self.inner.non_trainable_variables]
+        rho = self.current_rho()
+        grads, y_pred, new_state, logs = tf.cond(
+            self._enabled,
+            lambda: self._sam_update(weights, state, x, y, sample_weight, rho),
+            lambda: self._erm_update(weights, state, x, y, sample_weight),
+        )
+        self.optimizer.apply_gradients(zip(grads, self.inner.trainable_variables))
+        for variable, value in zip(self.inner.non_trainable_variables, new_state):
+            variable.assign(value)
+        batch_size = shards.leading_dim(x)
+        self._loss_tracker.update_state(logs.pop("loss"), sample_weight=batch_size)
+        for tracker in self._sam_trackers:
+            tracker.update_state(logs[tracker.name] if tracker.name != "rho" else rho)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _erm_update(self, weights, state, x, y, sample_weight):
+        """The plain Keras step (whole batch, one pass), in the same shape as `_sam_update`."""
+        grads, loss, y_pred, new_state = self._gradient(weights, state, x, y, sample_weight, training=True)
+        loss, grad_norm = self._unscaled(loss), ascent.global_norm(self._unscaled(grads))
+        zero = tf.zeros((), tf.float32)
+        logs = {"loss": loss, "sam_loss": loss, "sharpness": zero, "grad_norm": grad_norm, "eps_norm": zero}
+        return grads, y_pred, new_state, logs
+
+    def _sam_update(self, weights, state, x, y, sample_weight, rho):
+        """Sum over shards of |S_j|/b * (G_j, losses, norms); predictions and state from the w pass."""
+        batch = shards.leading_dim(x)
+        m = batch if self.m is None else self.m
+        if isinstance(batch, int):
+            if m > batch:
+                raise ValueError(
+                    f"m={m} is larger than the per-replica batch size {batch}; use m <= {batch} "
+                    "(or m=None for one shard per batch), or a larger batch_size."
+                )
+            if batch % m:
+                warnings.warn(
+                    f"m={m} does not divide the per-replica batch of {batch}: the last shard has "
+                    f"{batch % m} examples (weighted by its size).",
+                    stacklevel=2,
+                )
+        full = (batch // m) * m
+        batch_f = tf.cast(batch, tf.float32)
+
+        def shard_fn(shard, shard_state):
+            return self._shard_update(weights, shard_state, *shard, rho, tf.cast(m, tf.float32) / batch_f)
+
+        kinds = self._state_kinds()
+        data = (x, y, sample_weight)
+        stacked = shards.stack_shards(shards.slice_batch(data, 0, full), full // m, m)
+        summed, y_pred, state = shards.map_shards(shard_fn, stacked, state, kinds, self.shards_per_pass)
+        y_pred = shards.unstack_shards(y_pred)
+
+        def with_remainder():
+            rest = shards.slice_batch(data, full)
+            weight = tf.cast(batch - full, tf.float32) / batch_f
+            r_sum, r_pred, r_state = self._shard_update(weights, state, *rest, rho, weight)
+            return (
+                tree.map_structure(tf.add, summed, r_sum),
+                tree.map_structure(lambda a, b: tf.concat([a, b], 0), y_pred, r_pred),
+                shards.merge_state(state, kinds, [s[None] for s in r_state]),
+            )
+
+        if isinstance(batch, int):
+            if full < batch:
+                summed, y_pred, state = with_remainder()
+        else:
+            tf.debugging.assert_less_equal(m, batch, message="m is larger than the per-replica batch size")
+            summed, y_pred, state = tf.cond(full < batch, with_remainder, lambda: (summed, y_pred, state))
+        grads = summed.pop("grads")
+        summed["sharpness"] = summed["sam_loss"] - summed["loss"]
+        return grads, y_pred, state, summed
+
+    def _shard_update(self, weights, state, x, y, sample_weight, rho, weight):
+        """One shard: ascent from w to w + eps, gradient there; outputs weighted by |S_j| / b."""
+        frozen = self.bn_in_ascent == "frozen"
+        g, loss, y_pred, new_state = self._gradient(weights, state, x, y, sample_weight, training=not frozen)
+        if frozen:  # BN statistics and logged predictions come from a training-mode pass at w
+            loss, y_pred, new_state = self._forward(weights, state, x, y, sample_weight, training=True)
+        scales = ascent.adaptive_scales(weights, self.adaptive, self.adaptive_eta)
+        g = self._mask(self._unscaled(g))
+        grad_norm = ascent.global_norm(g)
+        delta = [tf.zeros_like(w, tf.float32) for w in weights]
+        for step in range(self.ascent_steps):
+            if step > 0:
+                g_step, *_ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=not frozen)
+                g = self._mask(self._unscaled(g_step))
+            delta = [d + e for d, e in zip(delta, ascent.ascent_step(g, scales, rho * self.step_mult, self.normalize))]
+            if self.normalize:
+                delta = ascent.project_to_ball(delta, scales, rho)
+        sam_grads, sam_loss, _, _ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=True)
+        summed = {
+            "grads": [weight * tf.cast(g, tf.float32) for g in sam_grads],
+            "loss": weight * self._unscaled(loss),
+            "sam_loss": weight * self._unscaled(sam_loss),
+            "grad_norm": weight * grad_norm,
+            "eps_norm": weight * ascent.global_norm(delta),
+        }
+        return summed, y_pred, new_state
+
+    # ----------------------------------------------------------------- helpers
+    def _forward(self, weights, state, x, y, sample_weight, training):
+        """Loss (scaled for distribution and loss scaling), predictions and new state at `weights`."""
+        kwargs = {"training": training} if self.inner._call_has_training_arg else {}
+        y_pred, new_state, losses = self.inner.stateless_call(weights, state, x, return_losses=True, **kwargs)
+        self._losses_override = list(losses)
+        try:
+            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        finally:
+            self._losses_override = []
+        return self.optimizer.scale_loss(loss), y_pred, new_state
+
+    def _gradient(self, weights, state, x, y, sample_weight, training):
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            loss, y_pred, new_state = self._forward(weights, state, x, y, sample_weight, training)
+        grads = tape.gradient(loss, weights)
+        grads = [tf.zeros_like(w) if g is None else tf.convert_to_tensor(g) for g, w in zip(grads, weights)]
+        return grads, loss, y_pred, new_state
+
+    def _unscaled(self, value):
+        """Undoes the mixed-precision loss scale and the 1/replicas scaling of Keras losses."""
+        if isinstance(value, (list, tuple)):
+            return [self._unscaled(v) for v in value]
+        value = tf.cast(value, tf.float32)
+        scale = getattr(self.optimizer, "dynamic_scale", None)
+        if scale is not None:
+            value = value / tf.cast(scale, tf.float32)
+        return loss_module.unscale_loss_for_distribution(value)
+
+    def _mask(self, grads):
+        if not self.exclude:
+            return grads
+        patterns = [re.compile(p) for p in self.exclude]
+        return [
+            tf.zeros_like(g) if any(p.search(v.path) for p in patterns) else g
+            for g, v in zip(grads, self.inner.trainable_variables)
+        ]
+
+    @staticmethod
+    def _add(weights, delta):
+        return [w + tf.cast(d, w.dtype) for w, d in zip(weights, delta)]
+
+    def _state_kinds(self):
+        """How each non-trainable variable merges across shards (see `shards.merge_state`)."""
+        momentum = {}
+        for layer in self.inner._flatten_layers(include_self=True):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                for v in (layer.moving_mean, layer.moving_variance):
+                    momentum[id(v)] = layer.momentum
+        kinds = []
+        for v in self.inner.non_trainable_variables:
+            if id(v) in momentum:
+                kinds.append((shards.EMA, momentum[id(v)]))
+            elif v.path.endswith("seed_generator_state"):
+                kinds.append((shards.SEED, None))
+            else:
+                kinds.append((shards.LAST, None))
+        return kinds
