@@ -62,7 +62,12 @@ class SAMModel(keras.Model):
         exclude: regular expressions; trainable variables whose `path` matches one are not perturbed
             (and not counted in ||g||), e.g. `exclude=[r"batch_normalization", r"bias"]`.
         bn_in_ascent: "batch" (ghost BN: the ascent gradient uses the shard's batch statistics) or
-            "frozen" (BatchNorm in inference mode for the ascent gradient).
+            "frozen" (BatchNorm in inference mode for the ascent gradient, with the moving statistics
+            of the start of the step; the statistics are then updated by a training-mode pass at w).
+            The perturbed pass always uses the shard's batch statistics, and moving statistics only
+            ever come from passes at w, merged as if ERM had run the shards one after another.
+            Dropout: each shard draws its own mask, and the same mask serves its pass at w and at
+            w + eps (sharpness is measured on one sub-network).
         shards_per_pass: at most this many shards are vectorized together (None: all); the rest are
             visited in a loop. Lower it when the per-shard weight copies do not fit in memory.
         sam_enabled: start with SAM on (True) or off (plain ERM step until switched on).
@@ -100,6 +105,12 @@ class SAMModel(keras.Model):
         self._rho = keras.Variable(0.0 if callable(rho) else float(rho), trainable=False, name="sam_rho")
         self._enabled = keras.Variable(bool(sam_enabled), trainable=False, dtype="bool", name="sam_enabled")
         self._sam_trackers = [keras.metrics.Mean(name=n) for n in SAM_LOGS]
+        if not model.built:
+            raise ValueError(
+                "SAMModel needs a built model: give it a keras.Input, or call model.build(input_shape) "
+                "or model(x) once before wrapping it."
+            )
+        self.built = True
 
     # ----------------------------------------------------------------- runtime switches
     @property

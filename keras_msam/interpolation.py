@@ -1,0 +1,179 @@
+"""Linear interpolation between two sets of weights, w(a) = (1 - a) w_a + a w_b.
+
+At each a the model gets w(a) (all float variables, trainable or not), and with `recompute_bn=True`
+the BatchNorm moving statistics are then recomputed for w(a): reset to mean 0 / variance 1, then one
+pass over `bn_data` (default: the training data) in training mode with the momentum of the k-th batch
+set to (k - 1) / k, so that after the pass the moving statistics are exactly the average of the
+per-batch statistics (not an exponential average dominated by the last batches). Interpolated
+statistics are meaningless for the interpolated weights, hence the recomputation (the papers do it).
+
+Train / test loss and error are then measured in inference mode. The model's own weights are restored
+at the end. `plot_interpolation` draws the result to a PNG.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def _batches(data, batch_size):
+    """A tf.data.Dataset of (x, y), or a tuple (x, y) of arrays, as an iterable of (x, y) batches."""
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return tf.data.Dataset.from_tensor_slices((np.asarray(data[0]), np.asarray(data[1]))).batch(batch_size)
+    raise TypeError(f"data must be a tf.data.Dataset of (x, y) batches or a tuple (x, y) of arrays; got {type(data).__name__}.")
+
+
+def _batch_norms(model):
+    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def recompute_bn_statistics(model, data, batch_size=256, max_batches=None):
+    """Sets every BatchNorm's moving mean / variance to the average of its batch statistics over `data`.
+
+    Runs eagerly (the momentum is changed between batches), in training mode; other weights unchanged.
+    Returns the number of batches used (0 when the model has no BatchNorm).
+    """
+    layers = _batch_norms(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
+        layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
+    count = 0
+    try:
+        for count, (x, _) in enumerate(_batches(data, batch_size), start=1):
+            for layer in layers:
+                layer.momentum = (count - 1) / count
+            model(x, training=True)
+            if max_batches is not None and count >= max_batches:
+                break
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    if count == 0:
+        raise ValueError("recompute_bn_statistics got no batches: pass non-empty data.")
+    return count
+
+
+def _stats_function(model, loss_fn):
+    """A tf.function (x, y) -> (sum of losses, number wrong, count) reading the model's current weights."""
+    loss_fn = loss_fn or keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    @tf.function(reduce_retracing=True)
+    def batch_stats(x, y):
+        logits = model(x, training=False)
+        losses = tf.cast(loss_fn(y, logits), tf.float32)
+        labels = tf.argmax(y, axis=-1) if len(y.shape) == len(logits.shape) else tf.reshape(y, [-1])
+        wrong = tf.cast(tf.not_equal(tf.argmax(logits, axis=-1), tf.cast(labels, tf.int64)), tf.float32)
+        if len(losses.shape) == 0:  # a loss that already reduced to the batch mean
+            losses = tf.fill(tf.shape(wrong), losses)
+        return tf.reduce_sum(losses), tf.reduce_sum(wrong), tf.cast(tf.size(wrong), tf.float32)
+
+    return batch_stats
+
+
+def evaluate_loss_error(model, data, loss_fn=None, batch_size=256, _stats=None):
+    """(mean loss, error rate) of `model` in inference mode over `data`; sparse or one-hot targets.
+
+    `loss_fn` is a per-example loss (reduction=None); default sparse cross-entropy on logits.
+    """
+    stats = _stats or _stats_function(model, loss_fn)
+    total_loss = total_wrong = total = 0.0
+    for x, y in _batches(data, batch_size):
+        loss, wrong, size = stats(x, y)
+        total_loss, total_wrong, total = total_loss + float(loss), total_wrong + float(wrong), total + float(size)
+    if total == 0:
+        raise ValueError("evaluate_loss_error got no examples: pass non-empty data.")
+    return total_loss / total, total_wrong / total
+
+
+def interpolate(
+    model,
+    weights_a,
+    weights_b,
+    alphas,
+    train_data,
+    test_data,
+    recompute_bn=True,
+    loss_fn=None,
+    bn_data=None,
+    batch_size=256,
+    bn_max_batches=None,
+):
+    """Train / test loss and error along w(a) = (1 - a) weights_a + a weights_b.
+
+    Args:
+        model: the Keras model (a `SAMModel` is unwrapped to its `.inner`).
+        weights_a, weights_b: lists of arrays as returned by `model.get_weights()` (same order).
+        alphas: the a values (e.g. np.linspace(-1, 2, 31)); a = 0 is weights_a, a = 1 weights_b.
+        train_data, test_data: tf.data.Datasets of (x, y) batches or tuples (x, y) of arrays
+            (unaugmented); y sparse labels or one-hot.
+        recompute_bn: recompute BatchNorm statistics at each a (see `recompute_bn_statistics`);
+            False keeps the interpolated moving statistics.
+        loss_fn: per-example loss (reduction=None); default sparse cross-entropy on logits.
+        bn_data: the data used for the BatchNorm statistics (default: train_data).
+        batch_size: batch size when data are arrays.
+        bn_max_batches: cap on the batches used for the statistics (None: all).
+
+    Returns:
+        dict of lists aligned with alphas: "alpha", "train_loss", "train_error", "test_loss", "test_error".
+    """
+    model = getattr(model, "inner", model)
+    current = model.get_weights()
+    if len(weights_a) != len(current) or len(weights_b) != len(current):
+        raise ValueError(
+            f"weights_a / weights_b must be lists like model.get_weights() ({len(current)} arrays); "
+            f"got {len(weights_a)} and {len(weights_b)}."
+        )
+    for wa, wb, wc in zip(weights_a, weights_b, current):
+        if np.shape(wa) != np.shape(wc) or np.shape(wb) != np.shape(wc):
+            raise ValueError(f"weight shapes differ from the model's: {np.shape(wa)} / {np.shape(wb)} vs {np.shape(wc)}.")
+    stats = _stats_function(model, loss_fn)
+    results = {key: [] for key in ("alpha", "train_loss", "train_error", "test_loss", "test_error")}
+    try:
+        for alpha in alphas:
+            alpha = float(alpha)
+            mixed = [
+                (1.0 - alpha) * np.asarray(wa) + alpha * np.asarray(wb)
+                if np.issubdtype(np.asarray(wa).dtype, np.floating)
+                else np.asarray(wa)
+                for wa, wb in zip(weights_a, weights_b)
+            ]
+            model.set_weights([m.astype(np.asarray(c).dtype) for m, c in zip(mixed, current)])
+            if recompute_bn:
+                recompute_bn_statistics(model, train_data if bn_data is None else bn_data, batch_size, bn_max_batches)
+            train_loss, train_error = evaluate_loss_error(model, train_data, batch_size=batch_size, _stats=stats)
+            test_loss, test_error = evaluate_loss_error(model, test_data, batch_size=batch_size, _stats=stats)
+            for key, value in zip(results, (alpha, train_loss, train_error, test_loss, test_error)):
+                results[key].append(value)
+    finally:
+        model.set_weights(current)
+    return results
+
+
+def plot_interpolation(results, path, title=None):
+    """Saves a PNG: loss (left) and error (right) on train and test along alpha. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("test", "--")):
+        ax_loss.plot(results["alpha"], results[f"{split}_loss"], style, marker="o", label=split)
+        ax_err.plot(results["alpha"], results[f"{split}_error"], style, marker="o", label=split)
+    for ax, name in ((ax_loss, "loss"), (ax_err, "error")):
+        ax.axvline(0.0, color="gray", lw=0.5)
+        ax.axvline(1.0, color="gray", lw=0.5)
+        ax.set_xlabel("alpha  (w = (1 - alpha) w_a + alpha w_b)")
+        ax.set_ylabel(name)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
