@@ -4,7 +4,7 @@
   of `epochs` (0.9, 1.0: ERM then SAM for the last 10 %; 0.0, 0.5: SAM then ERM), ERM outside it.
 - `RhoSchedule(fn)`: sets `model.rho = fn(epoch)` at the start of every epoch (e.g. rho proportional to
   the learning rate).
-- `LearningRateLogger()`: logs the optimizer's learning rate as `lr` at the end of every epoch.
+- `LearningRateLogger()`: logs the learning rate of the epoch's last step as `lr`.
 
 Both act in `on_epoch_begin`, so they also hold after `BackupAndRestore` resumes at a later epoch.
 """
@@ -66,7 +66,7 @@ class SAMWindow(keras.callbacks.Callback):
 
 
 class RhoSchedule(keras.callbacks.Callback):
-    """Sets `model.rho = fn(epoch)` (0-based epoch) at the start of every epoch; logs it as `rho_epoch`."""
+    """Sets `model.rho = fn(epoch)` (0-based epoch) at the start of every epoch (SAMModel logs `rho`)."""
 
     def __init__(self, fn, verbose=0):
         super().__init__()
@@ -86,14 +86,17 @@ class RhoSchedule(keras.callbacks.Callback):
         if self.verbose:
             print(f"RhoSchedule: epoch {epoch + 1}: rho = {rho:g}")
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["rho_epoch"] = float(self.model.rho)
-
 
 class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the optimizer's current learning rate to the epoch logs as `lr` (end-of-epoch value)."""
+    """Adds `lr` to the epoch logs: the learning rate of the epoch's last optimizer step."""
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if logs is None:
+            return
+        optimizer = self.model.optimizer
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            value = schedule(max(int(optimizer.iterations.numpy()) - 1, 0))
+        else:
+            value = optimizer.learning_rate
+        logs["lr"] = float(keras.ops.convert_to_numpy(value))

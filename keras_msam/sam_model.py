@@ -25,6 +25,8 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 from keras_msam import ascent, shards
 
 SAM_LOGS = ("sam_loss", "sharpness", "grad_norm", "eps_norm", "rho")
+MAX_UNROLLED_SHARDS = 16
+VECTORIZED_MEMORY_BUDGET = 2 * 1024**3
 
 
 def _check_settings(rho, m, ascent_steps, step_mult, adaptive_eta, bn_in_ascent, shards_per_pass):
@@ -40,8 +42,8 @@ def _check_settings(rho, m, ascent_steps, step_mult, adaptive_eta, bn_in_ascent,
         raise ValueError(f"adaptive_eta must be >= 0; got adaptive_eta={adaptive_eta!r}.")
     if bn_in_ascent not in ("batch", "frozen"):
         raise ValueError(f"bn_in_ascent must be 'batch' (ghost BN) or 'frozen' (inference mode); got {bn_in_ascent!r}.")
-    if shards_per_pass is not None and (not isinstance(shards_per_pass, int) or shards_per_pass < 1):
-        raise ValueError(f"shards_per_pass must be a positive int or None; got {shards_per_pass!r}.")
+    if shards_per_pass not in (None, "auto") and (not isinstance(shards_per_pass, int) or shards_per_pass < 1):
+        raise ValueError(f"shards_per_pass must be 'auto', None (all) or a positive int; got {shards_per_pass!r}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_msam")
@@ -68,8 +70,10 @@ class SAMModel(keras.Model):
             ever come from passes at w, merged as if ERM had run the shards one after another.
             Dropout: each shard draws its own mask, and the same mask serves its pass at w and at
             w + eps (sharpness is measured on one sub-network).
-        shards_per_pass: at most this many shards are vectorized together (None: all); the rest are
-            visited in a loop. Lower it when the per-shard weight copies do not fit in memory.
+        shards_per_pass: how many shards run together as one vectorized pass (None: all of them).
+            "auto": up to 16 shards run as separate plain passes (unrolled; fastest under XLA and
+            no extra memory), more shards are vectorized in passes sized so that the per-shard copies
+            of weights and gradients stay under `VECTORIZED_MEMORY_BUDGET` bytes.
         sam_enabled: start with SAM on (True) or off (plain ERM step until switched on).
     """
 
@@ -85,7 +89,7 @@ class SAMModel(keras.Model):
         adaptive_eta=0.0,
         exclude=(),
         bn_in_ascent="batch",
-        shards_per_pass=None,
+        shards_per_pass="auto",
         sam_enabled=True,
         **kwargs,
     ):
@@ -234,7 +238,8 @@ class SAMModel(keras.Model):
         kinds = self._state_kinds()
         data = (x, y, sample_weight)
         stacked = shards.stack_shards(shards.slice_batch(data, 0, full), full // m, m)
-        summed, y_pred, state = shards.map_shards(shard_fn, stacked, state, kinds, self.shards_per_pass)
+        per_pass = self._shards_per_pass(full // m, weights)
+        summed, y_pred, state = shards.map_shards(shard_fn, stacked, state, kinds, per_pass, MAX_UNROLLED_SHARDS)
         y_pred = shards.unstack_shards(y_pred)
 
         def with_remainder():
@@ -322,6 +327,19 @@ class SAMModel(keras.Model):
             tf.zeros_like(g) if any(p.search(v.path) for p in patterns) else g
             for g, v in zip(grads, self.inner.trainable_variables)
         ]
+
+    def _shards_per_pass(self, num_shards, weights):
+        """The shards per vectorized pass for k shards (see the `shards_per_pass` argument)."""
+        if self.shards_per_pass != "auto":
+            return self.shards_per_pass
+        if not isinstance(num_shards, int):
+            return None
+        if num_shards <= MAX_UNROLLED_SHARDS:
+            return 1
+        # per vectorized shard: weights + eps, g and G (float32) -> about 4 copies of the weights
+        per_shard = 4 * 4 * sum(w.shape.num_elements() for w in weights)
+        fits = max(1, VECTORIZED_MEMORY_BUDGET // per_shard)
+        return max(d for d in range(1, num_shards + 1) if num_shards % d == 0 and d <= fits)
 
     @staticmethod
     def _add(weights, delta):

@@ -73,57 +73,55 @@ def merge_state(state, kinds, per_shard_state):
     return merged
 
 
-def map_shards(shard_fn, shards, state, kinds, shards_per_pass=None):
-    """Runs `shard_fn(shard, state) -> (summed, stacked, new_state)` over stacked shards.
+def map_shards(shard_fn, shards, state, kinds, shards_per_pass=None, max_unrolled=16):
+    """Runs `shard_fn(shard, state) -> (summed, stacked, new_state)` over stacked shards [k, m, ...].
+
+    The k shards run in passes of `shards_per_pass` (None: all k in one pass); a pass of several
+    shards is one `tf.vectorized_map`, a pass of one shard is a plain call. Up to `max_unrolled`
+    passes are unrolled in Python (XLA compiles them well), more go through a `tf.while_loop`.
+    Every shard starts from the same `state` (its own RNG seed); the new states are merged once.
 
     Returns (sum over shards of `summed`, `stacked` concatenated over shards, merged state).
     """
     num_shards = leading_dim(shards)
+    if not isinstance(num_shards, int):  # batch size known only at run time: one vectorized pass
+        shards_per_pass = None
+    per_pass = num_shards if shards_per_pass is None else shards_per_pass
+    if shards_per_pass is not None and num_shards % per_pass:
+        raise ValueError(
+            f"shards_per_pass={per_pass} must divide the number of shards per step ({num_shards}); "
+            "choose a divisor or shards_per_pass=None."
+        )
+    num_passes = 1 if shards_per_pass is None else num_shards // per_pass
 
-    def run_chunk(chunk, ids, state):
+    def run_pass(index):
+        chunk = _map(lambda t: t[index * per_pass:(index + 1) * per_pass], shards)
+        states = shard_states(state, kinds, tf.range(per_pass) + index * per_pass)
+        if isinstance(per_pass, int) and per_pass == 1:
+            one = shard_fn(_map(lambda t: t[0], chunk), [s[0] for s in states])
+            return tree.map_structure(lambda t: t[None], one)
         leaves = tree.flatten(chunk)  # vectorized_map takes no None (e.g. sample_weight=None)
         present = [t for t in leaves if t is not None]
 
         def fn(args):
             it = iter(args[0])
-            shard = tree.pack_sequence_as(chunk, [None if t is None else next(it) for t in leaves])
-            return shard_fn(shard, args[1])
+            return shard_fn(tree.pack_sequence_as(chunk, [None if t is None else next(it) for t in leaves]), args[1])
 
-        summed, stacked, new_states = tf.vectorized_map(
-            fn, (present, shard_states(state, kinds, ids)), fallback_to_while_loop=True
+        return tf.vectorized_map(fn, (present, states), fallback_to_while_loop=True)
+
+    if shards_per_pass is None or num_passes <= max_unrolled:
+        passes = [run_pass(i) for i in range(num_passes)]
+        summed, stacked, new_states = tree.map_structure(lambda *ts: tf.concat(ts, 0), *passes)
+    else:
+        first = run_pass(0)
+        arrays = tree.map_structure(
+            lambda t: tf.TensorArray(t.dtype, size=num_passes, element_shape=t.shape).write(0, t), first
         )
-        summed = tree.map_structure(lambda t: tf.reduce_sum(t, axis=0), summed)
-        return summed, stacked, merge_state(state, kinds, new_states)
 
-    static_k = num_shards if isinstance(num_shards, int) else None
-    if shards_per_pass is None or (static_k is not None and shards_per_pass >= static_k):
-        return run_chunk(shards, tf.range(num_shards), state)
+        def body(i, arrays):
+            return i + 1, tree.map_structure(lambda a, t: a.write(i, t), arrays, run_pass(i))
 
-    # Chunks of `shards_per_pass` shards, visited in order by a while loop.
-    c = shards_per_pass
-    if static_k is not None and static_k % c:
-        raise ValueError(
-            f"shards_per_pass={c} must divide the number of shards per step ({static_k}); "
-            "choose a divisor or shards_per_pass=None."
-        )
-    num_chunks = num_shards // c
-    chunks = _map(lambda t: tf.reshape(t, tf.concat([[num_chunks, c], tf.shape(t)[1:]], 0)), shards)
-    first = tree.map_structure(lambda t: t[0], chunks)
-    summed0, stacked0, _ = run_chunk(first, tf.range(c), state)
-    zero_sums = tree.map_structure(tf.zeros_like, summed0)
-    arrays = tree.map_structure(
-        lambda t: tf.TensorArray(t.dtype, size=num_chunks, element_shape=t.shape), stacked0
-    )
-
-    def body(i, sums, arrays, state):
-        chunk = tree.map_structure(lambda t: t[i], chunks)
-        s, st, state = run_chunk(chunk, tf.range(c) + i * c, state)
-        sums = tree.map_structure(tf.add, sums, s)
-        arrays = tree.map_structure(lambda a, t: a.write(i, t), arrays, st)
-        return i + 1, sums, arrays, state
-
-    _, sums, arrays, state = tf.while_loop(
-        lambda i, *_: i < num_chunks, body, (tf.constant(0), zero_sums, arrays, list(state))
-    )
-    stacked = tree.map_structure(lambda a: unstack_shards(a.stack()), arrays)
-    return sums, stacked, state
+        _, arrays = tf.while_loop(lambda i, _: i < num_passes, body, (tf.constant(1), arrays))
+        summed, stacked, new_states = tree.map_structure(lambda a: unstack_shards(a.stack()), arrays)
+    summed = tree.map_structure(lambda t: tf.reduce_sum(t, axis=0), summed)
+    return summed, stacked, merge_state(state, kinds, new_states)

@@ -86,9 +86,9 @@ class _TrialLogDir(keras.callbacks.Callback):
         """Tuners deep-copy callbacks for each trial: copy the settings, not the writer, lock or model."""
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
-        skip = {"_writer": None, "_lock": None, "_model": None}
+        skip = {"_writer": None, "_lock": None, "_model": None, "_write_fns": {}}
         clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k not in skip})
-        clone.__dict__.update(skip)
+        clone.__dict__.update(copy.deepcopy(skip))
         if "_lock" in self.__dict__:
             clone._lock = threading.Lock()
         return clone
@@ -106,7 +106,8 @@ class SAMScalars(_TrialLogDir):
     sam/grad_norm (||g|| at w), sam/eps_norm (||eps||), sam/rho, sam/m (examples per shard; the
     per-replica batch for m=None when `batch_size` is given), sam/sam_enabled (1 SAM, 0 ERM), and
     sam/grad_cosine when the model logs `grad_cosine`. Step = training steps done in this `fit`
-    (plus those of earlier fits of the same callback).
+    (plus those of earlier fits of the same callback). With `steps_per_execution` > 1, Keras reports every
+    k steps and the write happens at the first report at or past each multiple of N.
 
     Args:
         log_dir: directory of the event files.
@@ -127,6 +128,8 @@ class SAMScalars(_TrialLogDir):
         self._steps_before_epoch = 0  # global step at the start of the current epoch
         self._steps_in_epoch = 0
         self._last = (0, {})  # (steps into the epoch, running means) at the previous write
+        self._last_step = 0  # global step of the previous write
+        self._write_fns = {}  # tuple of tags -> compiled writer
 
     def set_model(self, model):
         _check_sam_model(model, "SAMScalars")
@@ -139,20 +142,37 @@ class SAMScalars(_TrialLogDir):
             self._last = (0, {})
 
     def on_train_batch_end(self, batch, logs=None):
-        done = batch + 1  # steps done in this epoch (Keras passes the last step of an execution)
+        done = batch + 1  # steps done in this epoch (Keras passes the last step of an execution, and
+        steps = (self.params or {}).get("steps")  # may overshoot the epoch's end with steps_per_execution)
+        done = min(done, steps) if steps else done
         step = self._steps_before_epoch + done
         with self._lock:
             self._steps_in_epoch = max(self._steps_in_epoch, done)
-            if step % self.every_n_steps or not logs:
+            # A write once a multiple of N is reached (or passed, with steps_per_execution > 1).
+            if step // self.every_n_steps == self._last_step // self.every_n_steps or not logs:
                 return
+            self._last_step = step
             values = self._interval_means(done, logs)
             values["sam/sam_enabled"] = float(self.model.sam_enabled)
             m = self.model.m if self.model.m is not None else self.batch_size
             if "m" not in logs and m is not None:
                 values["sam/m"] = float(m)
-            with self.writer.as_default(step=step):
-                for tag, value in values.items():
-                    tf.summary.scalar(tag, value)
+            self._write(values, step)
+
+    def _write(self, values, step):
+        """All scalars of one step in one compiled call (a quarter of the cost of eager summary ops)."""
+        tags = tuple(values)
+        if tags not in self._write_fns:
+            writer = self.writer
+
+            @tf.function
+            def write(vals, step):
+                with writer.as_default(step=step):
+                    for i, tag in enumerate(tags):
+                        tf.summary.scalar(tag, vals[i])
+
+            self._write_fns[tags] = write
+        self._write_fns[tags](tf.constant([values[t] for t in tags], tf.float32), tf.constant(step, tf.int64))
 
     def _interval_means(self, done, logs):
         last_done, last_means = self._last
@@ -179,7 +199,7 @@ def shard_eps(model, x, y=None, sample_weight=None, max_shards=None):
     Returns a list (shards) of lists (trainable variables of `model.inner`) of float32 tensors.
     """
     _check_sam_model(model, "shard_eps")
-    batch = int(tf.shape(tree_first(x))[0])
+    batch = int(tf.shape(keras.tree.flatten(x)[0])[0])
     m = batch if model.m is None else min(model.m, batch)
     starts = list(range(0, batch, m))[: max_shards or None]
     weights = [v.value for v in model.inner.trainable_variables]
@@ -189,21 +209,22 @@ def shard_eps(model, x, y=None, sample_weight=None, max_shards=None):
     scales = ascent.adaptive_scales(weights, model.adaptive, model.adaptive_eta)
     result = []
     for start in starts:
-        xs, ys, ws = (None if t is None else keras.tree.map_structure(lambda a: a[start : start + m], t) for t in (x, y, sample_weight))
+        xs, ys, ws = (_rows(t, start, start + m) for t in (x, y, sample_weight))
         delta = [tf.zeros_like(w, tf.float32) for w in weights]
         for _ in range(model.ascent_steps):
             # The core's own gradient (its loss, scaling and masking), so eps matches training exactly.
             g, *_ = model._gradient(model._add(weights, delta), state, xs, ys, ws, training=training)
             g = model._mask(model._unscaled(g))
-            delta = [d + e for d, e in zip(delta, ascent.ascent_step(g, scales, rho * model.step_mult, model.normalize))]
+            step = ascent.ascent_step(g, scales, rho * model.step_mult, model.normalize)
+            delta = [d + e for d, e in zip(delta, step)]
             if model.normalize:
                 delta = ascent.project_to_ball(delta, scales, rho)
         result.append(delta)
     return result
 
 
-def tree_first(structure):
-    return keras.tree.flatten(structure)[0]
+def _rows(structure, start, stop):
+    return None if structure is None else keras.tree.map_structure(lambda a: a[start:stop], structure)
 
 
 def layer_eps_norms(model, eps_per_shard, group="layer"):
@@ -299,16 +320,19 @@ def with_hparams(tuner_class):
     """
 
     class HParamsTuner(tuner_class):
+        # KerasTuner's own hook for per-trial TensorBoard directories (Tuner.run_trial calls it for every
+        # execution, after deep-copying the callbacks), extended to this module's callbacks.
         def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
             super()._configure_tensorboard_dir(callbacks, trial, execution)  # Keras TensorBoard + its hparams
-            covered = {c.log_dir for c in callbacks if type(c).__name__ == "TensorBoard"}
+            covered = {os.path.abspath(c.log_dir) for c in callbacks if type(c).__name__ == "TensorBoard"}
             sessions = []
             for callback in callbacks:
                 if isinstance(callback, _TrialLogDir):
                     callback.log_dir = self._get_tensorboard_dir(callback.log_dir, trial.trial_id, execution)
-                    if callback.log_dir not in covered:
-                        covered.add(callback.log_dir)
-                        sessions.append(_HParamsSession(callback.log_dir, trial_hparams(trial.hyperparameters), trial.trial_id))
+                    if os.path.abspath(callback.log_dir) not in covered:
+                        covered.add(os.path.abspath(callback.log_dir))
+                        hparams = trial_hparams(trial.hyperparameters)
+                        sessions.append(_HParamsSession(callback.log_dir, hparams, trial.trial_id))
             callbacks.extend(sessions)
 
     HParamsTuner.__name__ = HParamsTuner.__qualname__ = f"HParams{tuner_class.__name__}"

@@ -20,6 +20,7 @@ import math
 
 import keras
 import keras_tuner as kt
+import numpy as np
 import tensorflow as tf
 
 from keras_msam.sam_model import SAMModel
@@ -88,7 +89,9 @@ def m_choices_for(batch_size, num_replicas=None, m_choices="divisors", include_n
 def _check_range(value, name):
     low, high = (value, value) if isinstance(value, (int, float)) else value
     if not (0 < low <= high):
-        raise ValueError(f"{name} must be (low, high) with 0 < low <= high, or one positive number; got {name}={value!r}.")
+        raise ValueError(
+            f"{name} must be (low, high) with 0 < low <= high, or one positive number; got {name}={value!r}."
+        )
     return float(low), float(high)
 
 
@@ -199,12 +202,29 @@ class SAMHyperModel(kt.HyperModel):
                     f"the m values for batches of {self.batch_size}. Batch the dataset by {self.batch_size}."
                 )
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself; Keras would warn
-        elif kwargs.setdefault("batch_size", self.batch_size) != self.batch_size:
-            raise ValueError(
-                f"search(batch_size={kwargs['batch_size']}) differs from SAMHyperModel(batch_size={self.batch_size}), "
-                "which the m choices were made for. Pass the same batch_size, or drop it from search()."
-            )
+        else:
+            if kwargs.setdefault("batch_size", self.batch_size) != self.batch_size:
+                raise ValueError(
+                    f"search(batch_size={kwargs['batch_size']}) differs from "
+                    f"SAMHyperModel(batch_size={self.batch_size}), which the m choices were made for. "
+                    "Pass the same batch_size, or drop it from search()."
+                )
+            self._check_last_batch(model, x)
         return model.fit(*args, **kwargs)
+
+    def _check_last_batch(self, model, x):
+        """SAMModel cannot split a last, partial batch smaller than m: say so before training starts."""
+        if x is None or model.m is None or not model.sam_enabled:
+            return
+        num_examples = int(np.shape(keras.tree.flatten(x)[0])[0])
+        last = (num_examples % self.batch_size) // self.num_replicas
+        if num_examples % self.batch_size and model.m > last:
+            raise ValueError(
+                f"{num_examples} examples in batches of {self.batch_size} end with a batch of "
+                f"{num_examples % self.batch_size}, which m={model.m} examples per shard cannot split. Pass a "
+                f"tf.data.Dataset batched with drop_remainder=True, or a number of examples that batch_size "
+                "divides."
+            )
 
     def _check_replicas(self):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -232,7 +252,9 @@ def make_tuner(kind, hypermodel, objective="val_loss", max_trials=10, max_epochs
         raise ValueError(f"Unknown tuner kind={kind!r}; valid: {sorted(TUNERS)}.")
     if kind == "hyperband":
         if not isinstance(max_epochs, int) or max_epochs < 1:
-            raise ValueError(f"Hyperband needs max_epochs, a positive int (its longest run); got max_epochs={max_epochs!r}.")
+            raise ValueError(
+                f"Hyperband needs max_epochs, a positive int (its longest run); got max_epochs={max_epochs!r}."
+            )
         kwargs["max_epochs"] = max_epochs
     else:
         kwargs["max_trials"] = max_trials

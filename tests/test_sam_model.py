@@ -236,3 +236,24 @@ def test_save_and_load_round_trip(tmp_path):
         loaded.train_on_batch(x, y)
         for a, b in zip(params_of(loaded), params_of(model)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shards_per_pass, max_unrolled", [(None, 16), (1, 16), (3, 16), (2, 2), ("auto", 16)])
+def test_every_shard_engine_gives_the_same_step(monkeypatch, shards_per_pass, max_unrolled):
+    """One vectorized pass, unrolled plain passes, unrolled vectorized passes, a while loop of passes."""
+    import keras_msam.sam_model as sam_model
+
+    monkeypatch.setattr(sam_model, "MAX_UNROLLED_SHARDS", max_unrolled)
+    x, y, sw = data()
+    model = sam(mlp(0.01), rho=0.1, m=1, shards_per_pass=shards_per_pass)
+    before = params_of(model)
+    model.train_on_batch(x, y, sample_weight=sw)
+    expected = msam_gradient(before, x, y, sw, m=1, rho=0.1, l2=0.01)
+    for after, w, g in zip(params_of(model), before, expected):
+        np.testing.assert_allclose(after, w - LR * g, rtol=2e-5, atol=2e-6)
+
+
+def test_shards_per_pass_must_divide_the_number_of_shards():
+    x, y, _ = data()
+    with pytest.raises(ValueError, match="shards_per_pass=5 must divide the number of shards per step"):
+        sam(mlp(), m=1, shards_per_pass=5).train_on_batch(x, y)
