@@ -112,7 +112,8 @@ def min_entropy_interpolator(X, y, alpha, tol=1e-10, max_iter=500, mu0=None, ret
             break
         mu, value = mu - t * step, candidate
     raise ValueError(
-        f"min_entropy_interpolator did not converge for alpha={np.min(alpha):g} (smallest) in max_iter={max_iter} Newton steps; "
+        f"min_entropy_interpolator did not converge for alpha={np.min(alpha):g} (smallest) in "
+        f"max_iter={max_iter} Newton steps; "
         "raise max_iter, warm-start with mu0 from a larger alpha, or check that X has full row rank."
     )
 

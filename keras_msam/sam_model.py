@@ -24,7 +24,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_msam import ascent, shards
 
-SAM_LOGS = ("sam_loss", "sharpness", "grad_norm", "eps_norm", "rho")
+SAM_LOGS = ("sam_loss", "sharpness", "grad_norm", "eps_norm", "grad_cosine", "rho", "m")
 MAX_UNROLLED_SHARDS = 16
 VECTORIZED_MEMORY_BUDGET = 2 * 1024**3
 
@@ -44,6 +44,11 @@ def _check_settings(rho, m, ascent_steps, step_mult, adaptive_eta, bn_in_ascent,
         raise ValueError(f"bn_in_ascent must be 'batch' (ghost BN) or 'frozen' (inference mode); got {bn_in_ascent!r}.")
     if shards_per_pass not in (None, "auto") and (not isinstance(shards_per_pass, int) or shards_per_pass < 1):
         raise ValueError(f"shards_per_pass must be 'auto', None (all) or a positive int; got {shards_per_pass!r}.")
+
+
+def _cosine(a, b):
+    dot = tf.add_n([tf.reduce_sum(tf.cast(x, tf.float32) * tf.cast(y, tf.float32)) for x, y in zip(a, b)])
+    return dot / (ascent.global_norm(a) * ascent.global_norm(b) + 1e-30)
 
 
 @keras.saving.register_keras_serializable(package="keras_msam")
@@ -199,18 +204,23 @@ class SAMModel(keras.Model):
         self.optimizer.apply_gradients(zip(grads, self.inner.trainable_variables))
         for variable, value in zip(self.inner.non_trainable_variables, new_state):
             variable.assign(value)
-        batch_size = shards.leading_dim(x)
-        self._loss_tracker.update_state(logs.pop("loss"), sample_weight=batch_size)
+        self._loss_tracker.update_state(logs.pop("loss"), sample_weight=shards.leading_dim(x))
+        logs["rho"] = rho
         for tracker in self._sam_trackers:
-            tracker.update_state(logs[tracker.name] if tracker.name != "rho" else rho)
+            tracker.update_state(logs[tracker.name])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        """The wrapped model's evaluation; the SAM diagnostics are training-only."""
+        return {k: v for k, v in super().test_step(data).items() if k not in SAM_LOGS}
 
     def _erm_update(self, weights, state, x, y, sample_weight):
         """The plain Keras step (whole batch, one pass), in the same shape as `_sam_update`."""
         grads, loss, y_pred, new_state = self._gradient(weights, state, x, y, sample_weight, training=True)
         loss, grad_norm = self._unscaled(loss), ascent.global_norm(self._unscaled(grads))
-        zero = tf.zeros((), tf.float32)
-        logs = {"loss": loss, "sam_loss": loss, "sharpness": zero, "grad_norm": grad_norm, "eps_norm": zero}
+        zero, one = tf.zeros((), tf.float32), tf.ones((), tf.float32)
+        logs = {"loss": loss, "sam_loss": loss, "sharpness": zero, "grad_norm": grad_norm, "eps_norm": zero,
+                "grad_cosine": one, "m": tf.cast(shards.leading_dim(x), tf.float32)}
         return grads, y_pred, new_state, logs
 
     def _sam_update(self, weights, state, x, y, sample_weight, rho):
@@ -223,12 +233,14 @@ class SAMModel(keras.Model):
                     f"m={m} is larger than the per-replica batch size {batch}; use m <= {batch} "
                     "(or m=None for one shard per batch), or a larger batch_size."
                 )
-            if batch % m:
+            if batch % m:  # e.g. the last batch of NumPy input
                 warnings.warn(
                     f"m={m} does not divide the per-replica batch of {batch}: the last shard has "
                     f"{batch % m} examples (weighted by its size).",
                     stacklevel=2,
                 )
+        else:  # a short last batch, seen only at run time: one shard if it is smaller than m
+            m = tf.minimum(m, batch)
         full = (batch // m) * m
         batch_f = tf.cast(batch, tf.float32)
 
@@ -256,10 +268,11 @@ class SAMModel(keras.Model):
             if full < batch:
                 summed, y_pred, state = with_remainder()
         else:
-            tf.debugging.assert_less_equal(m, batch, message="m is larger than the per-replica batch size")
             summed, y_pred, state = tf.cond(full < batch, with_remainder, lambda: (summed, y_pred, state))
-        grads = summed.pop("grads")
+        grads, erm_grads = summed.pop("grads"), summed.pop("erm_grads")
         summed["sharpness"] = summed["sam_loss"] - summed["loss"]
+        summed["grad_cosine"] = _cosine(erm_grads, grads)
+        summed["m"] = tf.cast(m, tf.float32)
         return grads, y_pred, state, summed
 
     def _shard_update(self, weights, state, x, y, sample_weight, rho, weight):
@@ -269,7 +282,8 @@ class SAMModel(keras.Model):
         if frozen:  # BN statistics and logged predictions come from a training-mode pass at w
             loss, y_pred, new_state = self._forward(weights, state, x, y, sample_weight, training=True)
         scales = ascent.adaptive_scales(weights, self.adaptive, self.adaptive_eta)
-        g = self._mask(self._unscaled(g))
+        erm_grads = self._unscaled(g)
+        g = self._mask(erm_grads)
         grad_norm = ascent.global_norm(g)
         delta = [tf.zeros_like(w, tf.float32) for w in weights]
         for step in range(self.ascent_steps):
@@ -281,7 +295,8 @@ class SAMModel(keras.Model):
                 delta = ascent.project_to_ball(delta, scales, rho)
         sam_grads, sam_loss, _, _ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=True)
         summed = {
-            "grads": [weight * tf.cast(g, tf.float32) for g in sam_grads],
+            "grads": [tf.cast(weight, g.dtype) * g for g in sam_grads],
+            "erm_grads": [weight * g for g in erm_grads],
             "loss": weight * self._unscaled(loss),
             "sam_loss": weight * self._unscaled(sam_loss),
             "grad_norm": weight * grad_norm,

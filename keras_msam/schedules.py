@@ -18,6 +18,7 @@ Boundary convention: a change "at fraction p" takes effect at the first step t w
   warm-up end exactly at lr when the phase ends: lr0 = lr * e^(-rate * p), i.e.
   lr(t) = lr * e^(rate * (t / T - p)) for t < p * T. (With rate = 100 the step size grows by a factor
   e every 1 % of training, so effectively only the last few % of the phase run near lr.)
+  `warmup_end=w < p` instead ends the warm-up at w (lr0 = lr * e^(-rate * w)) and holds lr on [w, p).
 """
 
 import math
@@ -176,10 +177,19 @@ class LargeStep(_Schedule):
             Ignored while < decay_at (a second decay cannot precede the first).
         factor: each decay divides the step size by this (10).
         warmup_rate: the 100 of e^(100 t / T).
+        warmup_end: fraction at which the warm-up reaches lr (None: decay_at); lr is held from there on.
     """
 
     def __init__(
-        self, lr, total_steps, decay_at=0.5, warmup=False, second_decay_at=0.9, factor=10.0, warmup_rate=100.0
+        self,
+        lr,
+        total_steps,
+        decay_at=0.5,
+        warmup=False,
+        second_decay_at=0.9,
+        factor=10.0,
+        warmup_rate=100.0,
+        warmup_end=None,
     ):
         self.lr = _check_lr(lr)
         self.total_steps = _check_total_steps(total_steps)
@@ -194,12 +204,16 @@ class LargeStep(_Schedule):
         if not isinstance(warmup_rate, (int, float)) or not warmup_rate > 0:
             raise ValueError(f"warmup_rate must be a float > 0; got warmup_rate={warmup_rate!r}.")
         self.warmup_rate = float(warmup_rate)
+        if warmup_end is not None:
+            warmup_end = _check_fraction(warmup_end, "warmup_end", low_open=False)
+        self.warmup_end = warmup_end
 
     def __call__(self, step):
         t = ops.cast(step, "float32")
         x = t / float(self.total_steps)
         if self.warmup:
-            large = self.lr * ops.exp(self.warmup_rate * (ops.minimum(x, self.decay_at) - self.decay_at))
+            end = self.decay_at if self.warmup_end is None else min(self.warmup_end, self.decay_at)
+            large = self.lr * ops.exp(self.warmup_rate * (ops.minimum(x, end) - end))
         else:
             large = self.lr + 0.0 * t
         lr = ops.where(t >= self.decay_at * self.total_steps, self.lr / self.factor, large)
@@ -216,6 +230,7 @@ class LargeStep(_Schedule):
             "second_decay_at": self.second_decay_at,
             "factor": self.factor,
             "warmup_rate": self.warmup_rate,
+            "warmup_end": self.warmup_end,
         }
 
 

@@ -11,6 +11,10 @@ step, then merged as if the shards had been run one after the other (`merge_stat
 import tensorflow as tf
 from keras import tree
 
+from keras_msam import pfor_conv
+
+pfor_conv.install()  # per-shard-filter convolutions as batched matmuls inside vectorized_map
+
 EMA, SEED, LAST = "ema", "seed", "last"
 
 

@@ -21,6 +21,8 @@ The pure functions `sparsity_of_activations` and `rank_of` work on NumPy arrays;
 both measures to TensorBoard during `fit`.
 """
 
+import weakref
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -140,6 +142,10 @@ def _layer_model(model, layer):
         ) from None
 
 
+def _predictor(sub_model, batch_size=1024):
+    return lambda x: sub_model.predict(x, batch_size=batch_size, verbose=0)
+
+
 def activations(model, layer, data, batch_size=1024):
     """The (n, D) activations of `layer` (name, index, Layer or callable x -> activations) over `data`."""
     extract = _layer_model(model, layer)
@@ -173,36 +179,38 @@ def feature_sparsity(model, layer, data, threshold=0.99, raw=False, max_units=No
 def jacobian_matrix(model, data, batch_size=256):
     """(n, P): row i is the gradient of the scalar output on example i w.r.t. all trainable parameters."""
     model = _inner(model)
-    x = _inputs(data)
-    variables = model.trainable_variables
-    if not variables:
+    x = np.asarray(_inputs(data))
+    if not model.trainable_variables:
         raise ValueError(f"model {model.name!r} has no trainable variables; build it (call it on data) first.")
-    rows = []
-    n = len(x)
-    for start in range(0, n, batch_size):
-        xb = tf.convert_to_tensor(x[start : start + batch_size])
-        rows.append(_jacobian_batch(model, xb, variables))
-    return np.concatenate(rows, axis=0)
+    outputs = int(np.prod(keras.ops.shape(model(x[:1], training=False))[1:]))
+    if outputs != 1:
+        raise ValueError(
+            f"jacobian_rank needs a model with one scalar output per example; {model.name!r} outputs {outputs} "
+            f"values per example (pass a model of one of them, e.g. keras.Model(inputs, outputs[:, :1]))."
+        )
+    function = _JACOBIANS.get(model)
+    if function is None:  # one traced function per model, reused by every later call (e.g. a callback)
+        function = _JACOBIANS[model] = _jacobian_function(model)
+    rows = [function(tf.convert_to_tensor(x[start : start + batch_size])) for start in range(0, len(x), batch_size)]
+    return np.concatenate([row.numpy() for row in rows], axis=0).astype(np.float64)
 
 
-def _jacobian_batch(model, x, variables):
-    with tf.GradientTape(persistent=True) as tape:
-        out = model(x, training=False)
-        out = tf.reshape(tf.convert_to_tensor(out), [tf.shape(x)[0], -1])
-        if out.shape[-1] != 1:
-            raise ValueError(
-                f"jacobian_rank needs a model with one scalar output per example; {model.name!r} outputs "
-                f"{out.shape[-1]} values per example."
-            )
-        out = out[:, 0]
-    blocks = []
-    for variable in variables:
-        block = tape.jacobian(out, variable.value if hasattr(variable, "value") else variable)
-        if block is None:  # the output does not depend on this variable
-            block = tf.zeros([tf.shape(x)[0], int(np.prod(variable.shape))])
-        blocks.append(tf.reshape(block, [tf.shape(x)[0], -1]))
-    del tape
-    return np.concatenate([b.numpy() for b in blocks], axis=1).astype(np.float64)
+_JACOBIANS = weakref.WeakKeyDictionary()
+
+
+def _jacobian_function(model):
+    variables = [v.value if hasattr(v, "value") else v for v in model.trainable_variables]
+    model_ref = weakref.ref(model)  # no strong reference: the cache entry dies with the model
+
+    @tf.function(reduce_retracing=True)
+    def jacobian(x):
+        n = tf.shape(x)[0]
+        with tf.GradientTape() as tape:
+            out = tf.reshape(tf.convert_to_tensor(model_ref()(x, training=False)), [n])
+        blocks = tape.jacobian(out, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tf.concat([tf.reshape(block, [n, -1]) for block in blocks], axis=1)
+
+    return jacobian
 
 
 def jacobian_rank(model, data, rel_tol=1e-4):
@@ -237,6 +245,7 @@ class SparsityLogger(keras.callbacks.Callback):
         self.log_dir, self.threshold, self.max_units, self.rank = log_dir, threshold, max_units, rank
         self.history = []
         self._writer = None
+        self._extract = None
         self._next = 0
 
     def on_train_begin(self, logs=None):
@@ -263,15 +272,18 @@ class SparsityLogger(keras.callbacks.Callback):
         self.history.append(self.measure(step))
 
     def measure(self, step):
-        model = self.model
+        """Measures now; `step` labels the values (and the TensorBoard points)."""
+        if self._extract is None:  # one sub-model for the whole run, not one per measurement
+            sub_model = _layer_model(self.model, self.layer)
+            self._extract = sub_model if not isinstance(sub_model, keras.Model) else _predictor(sub_model)
         kwargs = dict(threshold=self.threshold, max_units=self.max_units)
         values = {
             "step": step,
-            "feature": feature_sparsity(model, self.layer, self.data, **kwargs),
-            "raw": feature_sparsity(model, self.layer, self.data, raw=True, **kwargs),
+            "feature": feature_sparsity(self.model, self._extract, self.data, **kwargs),
+            "raw": feature_sparsity(self.model, self._extract, self.data, raw=True, **kwargs),
         }
         if self.rank:
-            values["jacobian_rank"] = jacobian_rank(model, self.data)
+            values["jacobian_rank"] = jacobian_rank(self.model, self.data)
         if self._writer is not None:
             with self._writer.as_default():
                 for name, value in values.items():

@@ -287,7 +287,10 @@ def trial_table(tuner, num_trials=None):
 
 
 def best_sam_settings(tuner):
-    """The best trial's {"method", "rho", "m", "lr", "objective", "trial_id"}; m None is n-SAM (or ERM)."""
+    """The best trial's {"method", "rho", "m", "lr", "objective", "trial_id"}; m None is n-SAM (or ERM).
+
+    `objective` is KerasTuner's score of the trial: the objective at its best epoch.
+    """
     rows = trial_table(tuner, num_trials=1)
     if not rows:
         raise ValueError("The tuner has no finished trial yet: run tuner.search(...) first.")

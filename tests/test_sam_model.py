@@ -160,16 +160,38 @@ def test_jit_compile_matches_no_jit():
 
 
 def test_fit_with_a_short_last_batch_weights_its_shards_by_size():
-    """fit on 12 examples with batch 5: batches 5, 5, 2 (the last traced with another shape)."""
+    """fit on 12 examples with batch 5 and m=3: batches 5 (shards 3+2), 5, and 2 (< m: one shard;
+    traced with an unknown batch size)."""
     x, y, sw = data()
-    model = sam(mlp(), rho=0.1, m=2)
+    model = sam(mlp(), rho=0.1, m=3)
     params = params_of(model)
     model.fit(x, y, sample_weight=sw, batch_size=5, epochs=1, shuffle=False, verbose=0)
     for s in (slice(0, 5), slice(5, 10), slice(10, 12)):
-        g = msam_gradient(params, x[s], y[s], sw[s], m=2, rho=0.1)
+        g = msam_gradient(params, x[s], y[s], sw[s], m=3, rho=0.1)
         params = [p - LR * gi for p, gi in zip(params, g)]
     for a, b in zip(params_of(model), params):
         np.testing.assert_allclose(a, b, rtol=5e-5, atol=5e-6)
+
+
+def test_a_static_batch_that_m_does_not_divide_warns():
+    x, y, _ = data()
+    with pytest.warns(UserWarning, match="m=5 does not divide the per-replica batch of 12"):
+        sam(mlp(), m=5).train_on_batch(x, y)
+
+
+def test_float64_models_train_in_float64():
+    keras.config.set_dtype_policy("float64")
+    try:
+        x, y, _ = data()
+        model = sam(mlp(), rho=0.1, m=4)
+        before = params_of(model)
+        model.train_on_batch(x.astype("float64"), y.astype("float64"))
+        assert model.inner.trainable_variables[0].dtype == "float64"
+        expected = msam_gradient(before, x, y, m=4, rho=0.1)
+        for after, w, g in zip(params_of(model), before, expected):
+            np.testing.assert_allclose(after, w - LR * g, rtol=1e-5, atol=1e-6)
+    finally:
+        keras.config.set_dtype_policy("float32")
 
 
 def test_excluded_variables_are_not_perturbed():
@@ -257,3 +279,19 @@ def test_shards_per_pass_must_divide_the_number_of_shards():
     x, y, _ = data()
     with pytest.raises(ValueError, match="shards_per_pass=5 must divide the number of shards per step"):
         sam(mlp(), m=1, shards_per_pass=5).train_on_batch(x, y)
+
+
+def test_logs_hold_the_gradient_cosine_and_m_and_evaluate_leaves_sam_logs_out():
+    x, y, _ = data()
+    model = sam(mlp(), rho=0.1, m=4)
+    params = params_of(model)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    _, erm = loss_and_grad(params, x, y, np.ones(B), 0.0)
+    g_sam = msam_gradient(params, x, y, m=4, rho=0.1)
+    flat = lambda ts: np.concatenate([t.ravel() for t in ts])  # noqa: E731
+    cosine = flat(erm) @ flat(g_sam) / (np.linalg.norm(flat(erm)) * np.linalg.norm(flat(g_sam)))
+    assert logs["grad_cosine"] == pytest.approx(cosine, rel=1e-5) and cosine < 0.9999
+    assert logs["m"] == 4 and sam(mlp(), m=None).train_on_batch(x, y, return_dict=True)["m"] == B
+    history = model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0).history
+    assert "sharpness" in history and not any(k.startswith("val_") and k[4:] in ("sharpness", "rho", "m") for k in history)
+    assert set(model.evaluate(x, y, verbose=0, return_dict=True)) == {"loss"}

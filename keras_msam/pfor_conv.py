@@ -1,0 +1,122 @@
+"""Vectorized 2D convolutions with per-shard filters, for `tf.vectorized_map`.
+
+TensorFlow's vectorizer (pfor) handles a convolution whose *input* differs per shard, but falls back to
+a while loop of per-shard convolutions when the *filter* differs per shard (the perturbed pass of
+m-SAM, where shard j runs at w + eps_j) and for per-shard filter gradients (the ascent pass). A loop of
+small convolutions is slow, and very slow under XLA. This module registers converters for those cases
+that write the convolution as im2col + one batched matmul over shards:
+
+    patches_j = extract_patches(x_j)            [m * H' * W', kh * kw * C]
+    y_j       = patches_j @ f_j                 (f_j reshaped to [kh * kw * C, O])
+    df_j      = patches_j^T @ dy_j
+    dx_j      = col2im(dy_j @ f_j^T)            (col2im = the transpose of extract_patches)
+
+Only NHWC SAME/VALID convolutions are handled; everything else goes to TensorFlow's own converters.
+"""
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.ops.parallel_for import pfor
+
+_ORIGINAL = {}
+
+
+def _conv_attrs(pfor_input):
+    get = pfor_input.get_attr
+    padding = get("padding")
+    padding = padding.decode() if isinstance(padding, bytes) else padding
+    data_format = get("data_format")
+    data_format = data_format.decode() if isinstance(data_format, bytes) else data_format
+    return dict(strides=list(get("strides")), dilations=list(get("dilations")), padding=padding), data_format
+
+
+def _supported(pfor_input):
+    attrs, data_format = _conv_attrs(pfor_input)
+    return data_format == "NHWC" and attrs["padding"] in ("SAME", "VALID")
+
+
+def _patches(x, kh, kw, attrs):
+    """[N, H, W, C] -> [N, H', W', kh * kw * C] (row, column, channel order, like a conv filter)."""
+    return tf.image.extract_patches(
+        x, sizes=[1, kh, kw, 1], strides=attrs["strides"], rates=attrs["dilations"], padding=attrs["padding"]
+    )
+
+
+def _col2im(patches, input_shape, kh, kw, channels, attrs):
+    """Transpose of `_patches`: a transposed convolution with the one-hot filter of extract_patches."""
+    eye = tf.constant(np.eye(kh * kw * channels, dtype=np.float32).reshape(kh, kw, channels, kh * kw * channels))
+    return tf.nn.conv2d_transpose(
+        patches, tf.cast(eye, patches.dtype), input_shape, strides=attrs["strides"], padding=attrs["padding"],
+        dilations=attrs["dilations"],
+    )
+
+
+def _flat(x):
+    """[k, N, ...] -> [k * N, ...]"""
+    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+
+
+def _per_shard(x, k):
+    """[k * N, ...] -> [k, N * prod(...)[:-1], last]"""
+    return tf.reshape(x, tf.stack([k, -1, tf.shape(x)[-1]]))
+
+
+def _conv2d(pfor_input):
+    """Conv2D(input, filter) with a per-shard filter."""
+    _, filter_stacked, _ = pfor_input.input(1)
+    if not filter_stacked or not _supported(pfor_input):
+        return _ORIGINAL["Conv2D"](pfor_input)
+    pfor_input.stack_inputs()
+    x, f = pfor_input.stacked_input(0), pfor_input.stacked_input(1)  # [k, N, H, W, C], [k, kh, kw, C, O]
+    attrs, _ = _conv_attrs(pfor_input)
+    k, kh, kw, out = tf.shape(f)[0], f.shape[1], f.shape[2], tf.shape(f)[4]
+    patches = _patches(_flat(x), kh, kw, attrs)  # [k N, H', W', P]
+    y = tf.matmul(_per_shard(patches, k), tf.reshape(f, tf.stack([k, -1, out])))  # [k, N H' W', O]
+    shape = tf.concat([tf.shape(x)[:2], tf.shape(patches)[1:3], [out]], 0)
+    return pfor.wrap(tf.reshape(y, shape), True)
+
+
+def _conv2d_backprop_filter(pfor_input):
+    """d filter of Conv2D for a per-shard input: per-shard filter gradients as one batched matmul."""
+    _, input_stacked, _ = pfor_input.input(0)
+    if not input_stacked or not _supported(pfor_input):
+        return _ORIGINAL["Conv2DBackpropFilter"](pfor_input)
+    pfor_input.stack_inputs(stack_indices=[0, 2])
+    x, dy = pfor_input.stacked_input(0), pfor_input.stacked_input(2)  # [k, N, H, W, C], [k, N, H', W', O]
+    filter_sizes = pfor_input.unstacked_input(1)
+    attrs, _ = _conv_attrs(pfor_input)
+    kh, kw = pfor_input.outputs[0].shape[:2]  # the original op's static filter shape
+    k = tf.shape(x)[0]
+    patches = _per_shard(_patches(_flat(x), kh, kw, attrs), k)  # [k, N H' W', P]
+    df = tf.matmul(patches, _per_shard(_flat(dy), k), transpose_a=True)  # [k, P, O]
+    return pfor.wrap(tf.reshape(df, tf.concat([[k], filter_sizes], 0)), True)
+
+
+def _conv2d_backprop_input(pfor_input):
+    """d input of Conv2D with a per-shard filter."""
+    _, filter_stacked, _ = pfor_input.input(1)
+    if not filter_stacked or not _supported(pfor_input):
+        return _ORIGINAL["Conv2DBackpropInput"](pfor_input)
+    pfor_input.stack_inputs(stack_indices=[1, 2])
+    input_sizes = pfor_input.unstacked_input(0)  # [N, H, W, C] of one shard
+    f, dy = pfor_input.stacked_input(1), pfor_input.stacked_input(2)  # [k, kh, kw, C, O], [k, N, H', W', O]
+    attrs, _ = _conv_attrs(pfor_input)
+    k, kh, kw, channels = tf.shape(f)[0], f.shape[1], f.shape[2], f.shape[3]
+    dpatches = tf.matmul(_per_shard(_flat(dy), k), tf.reshape(f, tf.stack([k, -1, tf.shape(f)[4]])), transpose_b=True)
+    dpatches = tf.reshape(dpatches, tf.concat([[-1], tf.shape(dy)[2:4], [kh * kw * channels]], 0))
+    sizes = tf.concat([[k * input_sizes[0]], input_sizes[1:]], 0)
+    dx = _col2im(dpatches, sizes, kh, kw, channels, attrs)
+    return pfor.wrap(tf.reshape(dx, tf.concat([[k], input_sizes], 0)), True)
+
+
+def install():
+    """Registers the converters (idempotent); TensorFlow's own ones handle every other case."""
+    registry = pfor._pfor_converter_registry
+    for op_type, converter in (
+        ("Conv2D", _conv2d),
+        ("Conv2DBackpropFilter", _conv2d_backprop_filter),
+        ("Conv2DBackpropInput", _conv2d_backprop_input),
+    ):
+        if registry.get(op_type) is not converter:
+            _ORIGINAL.setdefault(op_type, registry[op_type])
+            registry[op_type] = converter

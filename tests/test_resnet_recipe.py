@@ -1,0 +1,141 @@
+"""recipes.resnet (+ recipes.cli, keras_msam.callbacks): short runs of every mode on the tiny ResNet."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from keras_msam.callbacks import RhoSchedule, SAMWindow
+from recipes import cli, resnet
+
+NUM_EXAMPLES = 40  # mocked CIFAR: 36 train / 4 validation / 40 test; batch 16 -> 2 steps an epoch
+
+
+def _config(tmp_path, **overrides):
+    values = dict(dataset="cifar10", model="tiny", epochs=2, batch_size=16, m=4, rho=0.05, lr=0.05, verbose=0)
+    values.update(overrides)
+    return resnet.ResNetConfig(out=str(tmp_path / "run"), **values)
+
+
+def _train(config, callbacks=()):
+    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+        return resnet.train(config, callbacks)
+
+
+# --------------------------------------------------------------------------- config, CLI, callbacks
+def test_defaults_are_the_papers_settings():
+    config = resnet.parse_config([])
+    assert (config.dataset, config.model, config.norm) == ("cifar10", "resnet18", "batch")
+    assert (config.rho, config.epochs, config.batch_size, config.lr, config.wd) == (0.1, 200, 128, 0.1, 5e-4)
+    assert (config.momentum, config.schedule, config.val_fraction, config.sam_window) == (0.9, "piecewise", 0.1, (0.0, 1.0))
+    parsed = resnet.parse_config(
+        "--m 16 --sam-window 0.9 1.0 --label-noise 0.6 --noise-type asymmetric --no-jit --strategy mirrored".split()
+    )
+    assert (parsed.m, parsed.sam_window, parsed.label_noise, parsed.noise_type) == (16, (0.9, 1.0), 0.6, "asymmetric")
+    assert parsed.jit is False and parsed.strategy == "mirrored"
+
+
+def test_cli_dispatch_and_argument_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["resnet", "--help"])
+    assert exit_info.value.code == 0 and "--sam-window" in capsys.readouterr().out
+    assert cli.main(["bogus"]) == 2 and "unknown subcommand 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        resnet.main(["--sam-window", "0.9", "0.5"])
+    assert exit_info.value.code == 2 and "--sam-window START END" in capsys.readouterr().err
+
+
+def test_missing_tfds_data_exits_with_the_fix(tmp_path, capsys):
+    argv = ["--model", "tiny", "--data-dir", str(tmp_path / "tfds"), "--no-download", "--out", str(tmp_path / "o")]
+    assert resnet.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "'cifar10' is not prepared" in err and "download_and_prepare()" in err and "--data-dir" in err
+
+
+def test_m_must_fit_the_per_replica_batch():
+    config = resnet.ResNetConfig(batch_size=16, m=16)
+    with pytest.raises(ValueError, match=r"--m 16 must be in \[1, 8\].*16 / 2 = 8"):
+        resnet.per_replica_m(config, replicas=2)
+    with pytest.raises(ValueError, match="not divisible by the 3 replicas"):
+        resnet.per_replica_m(config, replicas=3)
+    assert resnet.per_replica_m(resnet.ResNetConfig(batch_size=128, m=None), 2) == (64, 64)
+
+
+def test_sam_window_epochs_and_checks():
+    erm_to_sam = SAMWindow(0.9, 1.0, epochs=200)
+    assert [e for e in range(200) if erm_to_sam.active(e)] == list(range(180, 200))
+    sam_to_erm = SAMWindow(0.0, 0.5, epochs=10)
+    assert [sam_to_erm.active(e) for e in range(10)] == [True] * 5 + [False] * 5
+    assert not any(SAMWindow(0.0, 0.0, epochs=5).active(e) for e in range(5))
+    with pytest.raises(ValueError, match="0 <= start <= end <= 1"):
+        SAMWindow(0.8, 0.2, epochs=10)
+    callback = RhoSchedule(lambda epoch: 0.1)
+    callback.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    with pytest.raises(TypeError, match="needs a keras_msam.SAMModel"):
+        callback.on_train_begin()
+
+
+# --------------------------------------------------------------------------- runs
+def test_erm_to_sam_window_with_label_noise_and_rho_following_lr(tmp_path, capsys):
+    config = _config(tmp_path, label_noise=0.5, sam_window=(0.5, 1.0), rho_follows_lr=True, sharpness_m=4)
+    results = _train(config)
+    assert "m=4 per replica x 1 replica, global batch 16" in capsys.readouterr().out
+    first, second = results["history"]
+    # epoch 1: ERM steps (no ascent); epoch 2: m-SAM, with rho following the piecewise lr (/10 at 50 %)
+    assert first["sam_enabled"] == 0.0 and first["eps_norm"] == 0.0 and first["sharpness"] == 0.0
+    assert second["sam_enabled"] == 1.0 and second["eps_norm"] == pytest.approx(0.005, rel=1e-3)
+    assert second["rho"] == pytest.approx(0.005) and first["rho"] == pytest.approx(0.05)
+    assert (first["lr"], second["lr"]) == pytest.approx((0.05, 0.0005))  # lr of each epoch's last step
+    assert second["sharpness"] != 0.0
+    assert results["optimizer_steps"] == 4 and results["steps_per_epoch"] == 2
+    # exactly floor(0.5 * 36) noisy labels; the train error splits into clean and noisy parts
+    assert results["noisy_fraction"] == 0.5
+    combined = 0.5 * results["train_error_clean"] + 0.5 * results["train_error_noisy"]
+    assert results["train_error"] == pytest.approx(combined)
+    assert 0.0 <= results["test_error"] <= 1.0 and np.isfinite(results["test_loss"])
+    assert np.isfinite(results["m_sharpness"])
+    saved = json.load(open(os.path.join(config.out, "results.json")))
+    assert saved["test_error"] == results["test_error"] and len(saved["history"]) == 2
+    assert os.path.exists(os.path.join(config.out, "final.weights.h5"))
+    assert any(files for _, _, files in os.walk(os.path.join(config.out, "tensorboard")))
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("simulated kill after epoch 2")
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_killed_run_resumes_at_the_next_epoch(tmp_path):
+    config = _config(tmp_path, epochs=3, norm="group", val_fraction=0.0, m=16)  # one shard: cheaper to trace
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        _train(config, [_Interrupt()])
+    assert os.path.isdir(os.path.join(config.out, "backup"))
+    recorder = _EpochRecorder()
+    results = _train(config, [recorder])
+    assert recorder.epochs == [2]  # epochs 1 and 2 were done: only the third runs
+    assert results["optimizer_steps"] == 6  # the optimizer state came back with the weights
+    assert [row["epoch"] for row in results["history"]] == [1, 2, 3]
+    assert not os.path.exists(os.path.join(config.out, "backup"))  # removed once training completed
+
+
+def test_mirrored_strategy_two_replicas(tmp_path, capsys):
+    config = _config(tmp_path, epochs=1, strategy="mirrored", val_fraction=0.0)
+    results = _train(config)
+    assert "m=4 per replica x 2 replicas, global batch 16 (2 shards of m per replica)" in capsys.readouterr().out
+    assert results["replicas"] == 2 and results["m_per_replica"] == 4
+    (epoch,) = results["history"]
+    assert epoch["eps_norm"] == pytest.approx(0.05, rel=1e-3) and epoch["sharpness"] > 0
+    assert np.isfinite(epoch["loss"]) and results["optimizer_steps"] == 2
