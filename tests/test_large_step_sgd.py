@@ -1,6 +1,6 @@
 """The paper's direction on small settings: a longer large-step phase gives sparser solutions and lower test loss.
 
-Settings and seeds were chosen so that the direction holds with a margin (see docs/large_step_sgd.md for
+Settings and seeds were chosen so that the direction holds with a margin (see the README section "SGD with large step sizes learns sparse features" for
 other seeds); training is deterministic on CPU (seeded init, seeded tf.data shuffling).
 """
 

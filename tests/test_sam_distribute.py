@@ -17,7 +17,9 @@ def dataset(x, y, sw, batch):
 @pytest.mark.parametrize("normalize, rho", [(True, 0.1), (False, 0.3)])
 def test_mirrored_step_equals_one_device_with_the_same_global_batch(normalize, rho):
     x, y, sw = data()  # 12 examples: 6 per replica, shards of m=3 never cross replicas
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # ReductionToOneDevice: collective all-reduce instance keys clash with strategies that other tests
+    # in the same process created; the all-reduce algorithm is not what this test is about.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         model = SAMModel(mlp(0.01), rho=rho, m=3, normalize=normalize)
         model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
