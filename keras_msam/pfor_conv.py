@@ -85,12 +85,36 @@ def _conv2d_backprop_filter(pfor_input):
     return pfor.wrap(tf.reshape(df, tf.concat([[k], filter_sizes], 0)), True)
 
 
+def _conv2d_backprop_input(pfor_input):
+    """d input of a stride-1 Conv2D with a per-shard filter: a convolution of dy with the flipped,
+    transposed filter (im2col + batched matmul); strided or dilated ones stay TensorFlow's."""
+    _, filter_stacked, _ = pfor_input.input(1)
+    attrs, data_format = _conv_attrs(pfor_input)
+    kh, kw = pfor_input.op.inputs[1].shape[:2]
+    plain = attrs["strides"] == [1, 1, 1, 1] and attrs["dilations"] == [1, 1, 1, 1]
+    same_odd = attrs["padding"] == "SAME" and kh is not None and kh % 2 == 1 and kw % 2 == 1
+    if not filter_stacked or data_format != "NHWC" or not plain or not (same_odd or attrs["padding"] == "VALID"):
+        return _ORIGINAL["Conv2DBackpropInput"](pfor_input)
+    pfor_input.stack_inputs(stack_indices=[1, 2])
+    f, dy = pfor_input.stacked_input(1), pfor_input.stacked_input(2)  # [k, kh, kw, C, O], [k, N, H', W', O]
+    k = tf.shape(f)[0]
+    flipped = tf.transpose(tf.reverse(f, axis=[1, 2]), [0, 1, 2, 4, 3])  # [k, kh, kw, O, C]
+    dy_flat = _flat(dy)
+    if attrs["padding"] == "VALID":
+        dy_flat = tf.pad(dy_flat, [[0, 0], [kh - 1, kh - 1], [kw - 1, kw - 1], [0, 0]])
+    patches = _patches(dy_flat, kh, kw, attrs)  # [k N, H, W, kh kw O]
+    dx = tf.matmul(_per_shard(patches, k), tf.reshape(flipped, tf.stack([k, -1, tf.shape(f)[3]])))
+    shape = tf.concat([tf.shape(dy)[:2], tf.shape(patches)[1:3], tf.shape(f)[3:4]], 0)
+    return pfor.wrap(tf.reshape(dx, shape), True)
+
+
 def install():
     """Registers the converters (idempotent); TensorFlow's own ones handle every other case."""
     registry = pfor._pfor_converter_registry
     for op_type, converter in (
         ("Conv2D", _conv2d),
         ("Conv2DBackpropFilter", _conv2d_backprop_filter),
+        ("Conv2DBackpropInput", _conv2d_backprop_input),
     ):
         if registry.get(op_type) is not converter:
             _ORIGINAL.setdefault(op_type, registry[op_type])

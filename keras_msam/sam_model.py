@@ -112,7 +112,7 @@ class SAMModel(keras.Model):
         self.shards_per_pass = shards_per_pass
         self.rho_schedule = rho if callable(rho) else None
         self._rho = keras.Variable(0.0 if callable(rho) else float(rho), trainable=False, name="sam_rho")
-        self._enabled = keras.Variable(bool(sam_enabled), trainable=False, dtype="bool", name="sam_enabled")
+        self._sam_enabled = bool(sam_enabled)
         self._sam_trackers = [keras.metrics.Mean(name=n) for n in SAM_LOGS]
         if not model.built:
             raise ValueError(
@@ -139,11 +139,18 @@ class SAMModel(keras.Model):
 
     @property
     def sam_enabled(self):
-        return bool(self._enabled.numpy())
+        """SAM steps (True) or plain one-pass ERM steps (False); assigning it rebuilds the train function.
+
+        A Python switch, not a `tf.cond`: XLA on CPU runs convolutions inside a conditional (or a
+        while loop) tens of times slower, so each setting gets its own trace (compiled once each)."""
+        return self._sam_enabled
 
     @sam_enabled.setter
     def sam_enabled(self, value):
-        self._enabled.assign(bool(value))
+        if bool(value) != self._sam_enabled:
+            self._sam_enabled = bool(value)
+            if getattr(self, "train_function", None) is not None:
+                self.make_train_function(force=True)
 
     def current_rho(self):
         """rho for this step as a float32 tensor (the schedule evaluated on optimizer.iterations)."""
@@ -196,11 +203,10 @@ class SAMModel(keras.Model):
         weights = [v.value for v in self.inner.trainable_variables]
         state = [v.value for v in self.inner.non_trainable_variables]
         rho = self.current_rho()
-        grads, y_pred, new_state, logs = tf.cond(
-            self._enabled,
-            lambda: self._sam_update(weights, state, x, y, sample_weight, rho),
-            lambda: self._erm_update(weights, state, x, y, sample_weight),
-        )
+        if self._sam_enabled:
+            grads, y_pred, new_state, logs = self._sam_update(weights, state, x, y, sample_weight, rho)
+        else:
+            grads, y_pred, new_state, logs = self._erm_update(weights, state, x, y, sample_weight)
         self.optimizer.apply_gradients(zip(grads, self.inner.trainable_variables))
         for variable, value in zip(self.inner.non_trainable_variables, new_state):
             variable.assign(value)

@@ -42,6 +42,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_msam import schedules, sparsity
+from recipes.results import json_safe
 
 _SCHEDULE = dict(
     decay_at=(0.1, 0.3, 0.5), warmup=False, second_decay_at=0.9, factor=10.0, warmup_rate=100.0, warmup_end=None
@@ -434,21 +435,9 @@ def write_outputs(name, config, metric_names, results, out):
 
     summary = {"experiment": name, "config": config, "metrics": list(metric_names), "runs": results}
     with open(os.path.join(out, "results.json"), "w") as handle:
-        json.dump(_json_safe(summary), handle, indent=1)
+        json.dump(json_safe(summary), handle, indent=1)
     files.append("results.json")
     return files
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def table(name, metric_names, results):
@@ -523,7 +512,7 @@ def main(argv=None):
         parser.error(str(error))
     summary = run_experiment(args.experiment, args.out, progress=not args.no_progress, **overrides)
     if args.json:
-        print(json.dumps(_json_safe(summary)))
+        print(json.dumps(json_safe(summary)))
     else:
         print(table(args.experiment, summary["metrics"], summary["runs"]))
         print(f"results and plots in {args.out}")

@@ -34,6 +34,7 @@ import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 from keras_msam import SAMModel  # noqa: E402
+from recipes.results import json_safe  # noqa: E402
 
 X_DATA = (np.arange(-5.5, 6.0, 1.0) / 4 + 0.07).reshape(-1, 1)
 Y_DATA = (0.345 + np.array([-2, 1.5, 0, 0, 2, 1, 0, -1, 0, 1, 2, -1], dtype=np.float64)).reshape(-1, 1)
@@ -206,7 +207,7 @@ def compare(seeds=(0,), steps=STEPS, lr=LR, rho=SAM_RHO, lr_decay="sam", out=Non
     if out is not None:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "relu_1d.json"), "w") as f:
-            json.dump(_json_safe(summary), f, indent=1)
+            json.dump(json_safe(summary), f, indent=1)
         _plot(runs, os.path.join(out, "relu_1d.png"))
     return summary
 
@@ -249,16 +250,6 @@ def _chunk_for(steps):
     return next(k for k in range(target, 0, -1) if steps % k == 0)
 
 
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m recipes.relu_1d",
@@ -283,7 +274,7 @@ def main(argv=None):
     print(f"wrote {args.out}/relu_1d.png and relu_1d.json")
     if args.json:
         brief = {k: v for k, v in summary.items() if k != "runs"}
-        print(json.dumps(_json_safe(brief)))
+        print(json.dumps(json_safe(brief)))
     return 0
 
 

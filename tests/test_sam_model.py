@@ -94,7 +94,7 @@ def test_rho_zero_is_exactly_the_keras_step():
     assert logs["sharpness"] == pytest.approx(0.0, abs=1e-6) and logs["eps_norm"] == 0.0
 
 
-def test_sam_disabled_runs_the_plain_step_and_can_be_switched_on_without_recompiling():
+def test_sam_disabled_runs_the_plain_step_and_can_be_switched_on_without_compiling_again():
     x, y, _ = data()
     plain = mlp()
     plain.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
@@ -103,11 +103,9 @@ def test_sam_disabled_runs_the_plain_step_and_can_be_switched_on_without_recompi
     model.train_on_batch(x, y)
     for a, b in zip(params_of(model), params_of(plain)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    train_function = model.train_function
-    model.sam_enabled = True
+    model.sam_enabled = True  # no compile() needed: the train function is rebuilt
     before = params_of(model)
     model.train_on_batch(x, y)
-    assert model.train_function is train_function
     expected = msam_gradient(before, x, y, m=4, rho=0.1)
     for after, w, g in zip(params_of(model), before, expected):
         np.testing.assert_allclose(after, w - LR * g, rtol=2e-5, atol=2e-6)
@@ -295,3 +293,16 @@ def test_logs_hold_the_gradient_cosine_and_m_and_evaluate_leaves_sam_logs_out():
     history = model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0).history
     assert "sharpness" in history and not any(k.startswith("val_") and k[4:] in ("sharpness", "rho", "m") for k in history)
     assert set(model.evaluate(x, y, verbose=0, return_dict=True)) == {"loss"}
+
+
+def test_a_callback_switches_sam_on_in_the_middle_of_fit():
+    x, y, _ = data()
+
+    class OnAtEpoch1(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.sam_enabled = epoch >= 1
+
+    model = sam(mlp(), rho=0.1, m=4, sam_enabled=False)
+    history = model.fit(x, y, batch_size=12, epochs=3, verbose=0, callbacks=[OnAtEpoch1()]).history
+    assert history["eps_norm"] == pytest.approx([0.0, 0.1, 0.1], abs=1e-6)
+    assert history["sharpness"][0] == 0.0 and history["sharpness"][1] > 0
