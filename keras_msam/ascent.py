@@ -28,8 +28,10 @@ def adaptive_scales(weights, adaptive, eta):
     return [tf.abs(tf.cast(w, tf.float32)) + eta for w in weights]
 
 
-def ascent_step(grads, scales, step_size, normalize):
-    """One ascent step of length `step_size` along the gradient (in the T-scaled geometry)."""
+def ascent_step(grads, scales, step_size, normalize, norm=None):
+    """One ascent step of length `step_size` along the gradient (in the T-scaled geometry).
+
+    `norm`: ||T g|| if the caller has it already (one pass less over the gradients)."""
     if scales is None:
         scaled, direction = grads, grads
     else:
@@ -37,7 +39,7 @@ def ascent_step(grads, scales, step_size, normalize):
         direction = [s * sg for s, sg in zip(scales, scaled)]
     if not normalize:
         return [step_size * d for d in direction]
-    inv_norm = step_size / (global_norm(scaled) + _TINY)
+    inv_norm = step_size / ((global_norm(scaled) if norm is None else norm) + _TINY)
     return [inv_norm * d for d in direction]
 
 

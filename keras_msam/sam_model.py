@@ -248,24 +248,25 @@ class SAMModel(keras.Model):
         else:  # a short last batch, seen only at run time: one shard if it is smaller than m
             m = tf.minimum(m, batch)
         full = (batch // m) * m
-        batch_f = tf.cast(batch, tf.float32)
+
+        def weighted(summed, size):  # sum over shards of |S_j| / b * (...), all shards of one size
+            return tree.map_structure(lambda t: t * tf.cast(size / batch, t.dtype), summed)
 
         def shard_fn(shard, shard_state):
-            return self._shard_update(weights, shard_state, *shard, rho, tf.cast(m, tf.float32) / batch_f)
+            return self._shard_update(weights, shard_state, *shard, rho)
 
         kinds = self._state_kinds()
         data = (x, y, sample_weight)
         stacked = shards.stack_shards(shards.slice_batch(data, 0, full), full // m, m)
         per_pass = self._shards_per_pass(full // m, weights)
         summed, y_pred, state = shards.map_shards(shard_fn, stacked, state, kinds, per_pass, MAX_UNROLLED_SHARDS)
-        y_pred = shards.unstack_shards(y_pred)
+        summed, y_pred = weighted(summed, m), shards.unstack_shards(y_pred)
 
         def with_remainder():
             rest = shards.slice_batch(data, full)
-            weight = tf.cast(batch - full, tf.float32) / batch_f
-            r_sum, r_pred, r_state = self._shard_update(weights, state, *rest, rho, weight)
+            r_sum, r_pred, r_state = self._shard_update(weights, state, *rest, rho)
             return (
-                tree.map_structure(tf.add, summed, r_sum),
+                tree.map_structure(tf.add, summed, weighted(r_sum, batch - full)),
                 tree.map_structure(lambda a, b: tf.concat([a, b], 0), y_pred, r_pred),
                 shards.merge_state(state, kinds, [s[None] for s in r_state]),
             )
@@ -281,8 +282,8 @@ class SAMModel(keras.Model):
         summed["m"] = tf.cast(m, tf.float32)
         return grads, y_pred, state, summed
 
-    def _shard_update(self, weights, state, x, y, sample_weight, rho, weight):
-        """One shard: ascent from w to w + eps, gradient there; outputs weighted by |S_j| / b."""
+    def _shard_update(self, weights, state, x, y, sample_weight, rho):
+        """One shard: ascent from w to w + eps, gradient there (the caller weights by |S_j| / b)."""
         frozen = self.bn_in_ascent == "frozen"
         g, loss, y_pred, new_state = self._gradient(weights, state, x, y, sample_weight, training=not frozen)
         if frozen:  # BN statistics and logged predictions come from a training-mode pass at w
@@ -291,22 +292,24 @@ class SAMModel(keras.Model):
         erm_grads = self._unscaled(g)
         g = self._mask(erm_grads)
         grad_norm = ascent.global_norm(g)
-        delta = [tf.zeros_like(w, tf.float32) for w in weights]
-        for step in range(self.ascent_steps):
-            if step > 0:
-                g_step, *_ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=not frozen)
-                g = self._mask(self._unscaled(g_step))
-            delta = [d + e for d, e in zip(delta, ascent.ascent_step(g, scales, rho * self.step_mult, self.normalize))]
+        step_size = rho * self.step_mult
+        delta = ascent.ascent_step(g, scales, step_size, self.normalize, norm=None if scales else grad_norm)
+        for _ in range(1, self.ascent_steps):
             if self.normalize:
                 delta = ascent.project_to_ball(delta, scales, rho)
+            g_step, *_ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=not frozen)
+            g = self._mask(self._unscaled(g_step))
+            delta = [d + e for d, e in zip(delta, ascent.ascent_step(g, scales, step_size, self.normalize))]
+        if self.normalize and (self.ascent_steps > 1 or self.step_mult > 1):  # else already inside the ball
+            delta = ascent.project_to_ball(delta, scales, rho)
         sam_grads, sam_loss, _, _ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=True)
         summed = {
-            "grads": [tf.cast(weight, g.dtype) * g for g in sam_grads],
-            "erm_grads": [weight * g for g in erm_grads],
-            "loss": weight * self._unscaled(loss),
-            "sam_loss": weight * self._unscaled(sam_loss),
-            "grad_norm": weight * grad_norm,
-            "eps_norm": weight * ascent.global_norm(delta),
+            "grads": sam_grads,
+            "erm_grads": erm_grads,
+            "loss": self._unscaled(loss),
+            "sam_loss": self._unscaled(sam_loss),
+            "grad_norm": grad_norm,
+            "eps_norm": ascent.global_norm(delta),
         }
         return summed, y_pred, new_state
 
