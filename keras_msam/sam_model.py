@@ -288,20 +288,10 @@ class SAMModel(keras.Model):
         g, loss, y_pred, new_state = self._gradient(weights, state, x, y, sample_weight, training=not frozen)
         if frozen:  # BN statistics and logged predictions come from a training-mode pass at w
             loss, y_pred, new_state = self._forward(weights, state, x, y, sample_weight, training=True)
-        scales = ascent.adaptive_scales(weights, self.adaptive, self.adaptive_eta)
         erm_grads = self._unscaled(g)
         g = self._mask(erm_grads)
         grad_norm = ascent.global_norm(g)
-        step_size = rho * self.step_mult
-        delta = ascent.ascent_step(g, scales, step_size, self.normalize, norm=None if scales else grad_norm)
-        for _ in range(1, self.ascent_steps):
-            if self.normalize:
-                delta = ascent.project_to_ball(delta, scales, rho)
-            g_step, *_ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=not frozen)
-            g = self._mask(self._unscaled(g_step))
-            delta = [d + e for d, e in zip(delta, ascent.ascent_step(g, scales, step_size, self.normalize))]
-        if self.normalize and (self.ascent_steps > 1 or self.step_mult > 1):  # else already inside the ball
-            delta = ascent.project_to_ball(delta, scales, rho)
+        delta = self._ascent(weights, state, x, y, sample_weight, rho, g, grad_norm)
         sam_grads, sam_loss, _, _ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=True)
         summed = {
             "grads": sam_grads,
@@ -312,6 +302,38 @@ class SAMModel(keras.Model):
             "eps_norm": ascent.global_norm(delta),
         }
         return summed, y_pred, new_state
+
+    def _ascent(self, weights, state, x, y, sample_weight, rho, g, grad_norm):
+        """eps of one shard from its (unscaled, masked) gradient g at w: `ascent_steps` steps."""
+        training = self.bn_in_ascent != "frozen"
+        scales = ascent.adaptive_scales(weights, self.adaptive, self.adaptive_eta)
+        step_size = rho * self.step_mult
+        delta = ascent.ascent_step(g, scales, step_size, self.normalize, norm=None if scales else grad_norm)
+        for _ in range(1, self.ascent_steps):
+            if self.normalize:
+                delta = ascent.project_to_ball(delta, scales, rho)
+            g_step, *_ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=training)
+            g = self._mask(self._unscaled(g_step))
+            delta = [d + e for d, e in zip(delta, ascent.ascent_step(g, scales, step_size, self.normalize))]
+        if self.normalize and (self.ascent_steps > 1 or self.step_mult > 1):  # else already inside the ball
+            delta = ascent.project_to_ball(delta, scales, rho)
+        return delta
+
+    def shard_perturbations(self, x, y=None, sample_weight=None, max_shards=None):
+        """eps_j of the first `max_shards` shards of the batch (x, y) at the current weights and rho,
+        as the train step computes them (a list over shards of lists over `inner.trainable_variables`).
+        For inspection (e.g. `keras_msam.tensorboard.EpsHistograms`), run eagerly."""
+        batch = shards.leading_dim(x)
+        m = batch if self.m is None else min(self.m, int(batch))
+        weights = [v.value for v in self.inner.trainable_variables]
+        state = [v.value for v in self.inner.non_trainable_variables]
+        result = []
+        for start in list(range(0, int(batch), m))[:max_shards]:
+            xs, ys, ws = shards.slice_batch((x, y, sample_weight), start, start + m)
+            g, *_ = self._gradient(weights, state, xs, ys, ws, training=self.bn_in_ascent != "frozen")
+            g = self._mask(self._unscaled(g))
+            result.append(self._ascent(weights, state, xs, ys, ws, self.current_rho(), g, ascent.global_norm(g)))
+        return result
 
     # ----------------------------------------------------------------- helpers
     def _forward(self, weights, state, x, y, sample_weight, training):

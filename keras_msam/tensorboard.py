@@ -199,32 +199,7 @@ def shard_eps(model, x, y=None, sample_weight=None, max_shards=None):
     Returns a list (shards) of lists (trainable variables of `model.inner`) of float32 tensors.
     """
     _check_sam_model(model, "shard_eps")
-    batch = int(tf.shape(keras.tree.flatten(x)[0])[0])
-    m = batch if model.m is None else min(model.m, batch)
-    starts = list(range(0, batch, m))[: max_shards or None]
-    weights = [v.value for v in model.inner.trainable_variables]
-    state = [v.value for v in model.inner.non_trainable_variables]
-    rho = model.current_rho()
-    training = model.bn_in_ascent == "batch"
-    scales = ascent.adaptive_scales(weights, model.adaptive, model.adaptive_eta)
-    result = []
-    for start in starts:
-        xs, ys, ws = (_rows(t, start, start + m) for t in (x, y, sample_weight))
-        delta = [tf.zeros_like(w, tf.float32) for w in weights]
-        for _ in range(model.ascent_steps):
-            # The core's own gradient (its loss, scaling and masking), so eps matches training exactly.
-            g, *_ = model._gradient(model._add(weights, delta), state, xs, ys, ws, training=training)
-            g = model._mask(model._unscaled(g))
-            step = ascent.ascent_step(g, scales, rho * model.step_mult, model.normalize)
-            delta = [d + e for d, e in zip(delta, step)]
-            if model.normalize:
-                delta = ascent.project_to_ball(delta, scales, rho)
-        result.append(delta)
-    return result
-
-
-def _rows(structure, start, stop):
-    return None if structure is None else keras.tree.map_structure(lambda a: a[start:stop], structure)
+    return model.shard_perturbations(x, y, sample_weight, max_shards=max_shards)
 
 
 def layer_eps_norms(model, eps_per_shard, group="layer"):

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_msam import SAMModel
 from numpy_msam import loss_and_grad, msam_gradient
@@ -306,3 +305,17 @@ def test_a_callback_switches_sam_on_in_the_middle_of_fit():
     history = model.fit(x, y, batch_size=12, epochs=3, verbose=0, callbacks=[OnAtEpoch1()]).history
     assert history["eps_norm"] == pytest.approx([0.0, 0.1, 0.1], abs=1e-6)
     assert history["sharpness"][0] == 0.0 and history["sharpness"][1] > 0
+
+
+def test_shard_perturbations_are_each_shards_normalized_gradient():
+    x, y, sw = data()
+    model = sam(mlp(0.01), rho=0.3, m=4)
+    params = params_of(model)
+    eps = model.shard_perturbations(x, y, sw, max_shards=2)
+    assert len(eps) == 2
+    for j, eps_j in enumerate(eps):
+        s = slice(4 * j, 4 * j + 4)
+        _, g = loss_and_grad(params, x[s], y[s], sw[s], 0.01)
+        norm = np.sqrt(sum(np.sum(t**2) for t in g))
+        for got, gi in zip(eps_j, g):
+            np.testing.assert_allclose(got.numpy(), 0.3 * gi / norm, rtol=1e-5, atol=1e-7)
