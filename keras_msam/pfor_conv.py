@@ -38,15 +38,36 @@ def _supported(pfor_input):
 
 
 def _patches(x, kh, kw, attrs):
-    """[N, H, W, C] -> [N, H', W', kh * kw * C] (row, column, channel order, like a conv filter)."""
-    return tf.image.extract_patches(
-        x, sizes=[1, kh, kw, 1], strides=attrs["strides"], rates=attrs["dilations"], padding=attrs["padding"]
-    )
+    """[N, H, W, C] -> [N, H', W', kh * kw * C] (row, column, channel order, like a conv filter).
+
+    Built from kh * kw strided slices of the padded input: the same numbers as
+    `tf.image.extract_patches`, which XLA on CPU lowers to a convolution with a one-hot filter
+    (kh kw C times the work)."""
+    _, h, w, _ = x.shape
+    if h is None or w is None:  # not expected in a Keras conv net: static spatial shapes
+        return tf.image.extract_patches(
+            x, sizes=[1, kh, kw, 1], strides=attrs["strides"], rates=attrs["dilations"], padding=attrs["padding"]
+        )
+    (sh, sw), (dh, dw) = attrs["strides"][1:3], attrs["dilations"][1:3]
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if attrs["padding"] == "SAME":
+        out_h, out_w = -(-h // sh), -(-w // sw)
+        pad_h, pad_w = max((out_h - 1) * sh + span_h - h, 0), max((out_w - 1) * sw + span_w - w, 0)
+        x = tf.pad(x, [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
+    else:
+        out_h, out_w = (h - span_h) // sh + 1, (w - span_w) // sw + 1
+    pieces = [
+        x[:, i * dh:i * dh + (out_h - 1) * sh + 1:sh, j * dw:j * dw + (out_w - 1) * sw + 1:sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return tf.concat(pieces, axis=-1)
 
 
 def _flat(x):
-    """[k, N, ...] -> [k * N, ...]"""
-    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+    """[k, N, ...] -> [k * N, ...] (static inner dimensions kept when known)"""
+    inner = x.shape[2:]
+    return tf.reshape(x, [-1] + inner.as_list() if inner.is_fully_defined() else tf.concat([[-1], tf.shape(x)[2:]], 0))
 
 
 def _per_shard(x, k):
