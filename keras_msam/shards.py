@@ -84,6 +84,7 @@ def map_shards(shard_fn, shards, state, kinds, shards_per_pass=None, max_unrolle
     shards is one `tf.vectorized_map`, a pass of one shard is a plain call. Up to `max_unrolled`
     passes are unrolled in Python (XLA compiles them well), more go through a `tf.while_loop`.
     Every shard starts from the same `state` (its own RNG seed); the new states are merged once.
+    `summed` is reduced within each pass, so memory holds one pass's per-shard copies at a time.
 
     Returns (sum over shards of `summed`, `stacked` concatenated over shards, merged state).
     """
@@ -102,8 +103,8 @@ def map_shards(shard_fn, shards, state, kinds, shards_per_pass=None, max_unrolle
         chunk = _map(lambda t: t[index * per_pass:(index + 1) * per_pass], shards)
         states = shard_states(state, kinds, tf.range(per_pass) + index * per_pass)
         if isinstance(per_pass, int) and per_pass == 1:
-            one = shard_fn(_map(lambda t: t[0], chunk), [s[0] for s in states])
-            return tree.map_structure(lambda t: t[None], one)
+            summed, stacked, new_states = shard_fn(_map(lambda t: t[0], chunk), [s[0] for s in states])
+            return summed, tree.map_structure(lambda t: t[None], (stacked, new_states))
         leaves = tree.flatten(chunk)  # vectorized_map takes no None (e.g. sample_weight=None)
         present = [t for t in leaves if t is not None]
 
@@ -111,21 +112,24 @@ def map_shards(shard_fn, shards, state, kinds, shards_per_pass=None, max_unrolle
             it = iter(args[0])
             return shard_fn(tree.pack_sequence_as(chunk, [None if t is None else next(it) for t in leaves]), args[1])
 
-        return tf.vectorized_map(fn, (present, states), fallback_to_while_loop=True)
+        summed, stacked, new_states = tf.vectorized_map(fn, (present, states), fallback_to_while_loop=True)
+        return tree.map_structure(lambda t: tf.reduce_sum(t, axis=0), summed), (stacked, new_states)
 
     if shards_per_pass is None or num_passes <= max_unrolled:
         passes = [run_pass(i) for i in range(num_passes)]
-        summed, stacked, new_states = tree.map_structure(lambda *ts: tf.concat(ts, 0), *passes)
+        summed = tree.map_structure(lambda *ts: tf.add_n(ts), *[p[0] for p in passes])
+        stacked, new_states = tree.map_structure(lambda *ts: tf.concat(ts, 0), *[p[1] for p in passes])
     else:
-        first = run_pass(0)
+        summed, first = run_pass(0)
         arrays = tree.map_structure(
             lambda t: tf.TensorArray(t.dtype, size=num_passes, element_shape=t.shape).write(0, t), first
         )
 
-        def body(i, arrays):
-            return i + 1, tree.map_structure(lambda a, t: a.write(i, t), arrays, run_pass(i))
+        def body(i, summed, arrays):
+            pass_sum, outputs = run_pass(i)
+            return (i + 1, tree.map_structure(tf.add, summed, pass_sum),
+                    tree.map_structure(lambda a, t: a.write(i, t), arrays, outputs))
 
-        _, arrays = tf.while_loop(lambda i, _: i < num_passes, body, (tf.constant(1), arrays))
-        summed, stacked, new_states = tree.map_structure(lambda a: unstack_shards(a.stack()), arrays)
-    summed = tree.map_structure(lambda t: tf.reduce_sum(t, axis=0), summed)
+        _, summed, arrays = tf.while_loop(lambda i, *_: i < num_passes, body, (tf.constant(1), summed, arrays))
+        stacked, new_states = tree.map_structure(lambda a: unstack_shards(a.stack()), arrays)
     return summed, stacked, merge_state(state, kinds, new_states)
