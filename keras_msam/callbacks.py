@@ -13,13 +13,7 @@ import math
 
 import keras
 
-
-def _check_sam_model(model, callback):
-    if not hasattr(model, "sam_enabled") or not hasattr(model, "rho"):
-        raise TypeError(
-            f"{callback} needs a keras_msam.SAMModel (with run-time `sam_enabled` and `rho`); "
-            f"got a {type(model).__name__}. Wrap the network: SAMModel(model, rho=..., m=...)."
-        )
+from keras_msam.sam_model import check_sam_model
 
 
 class SAMWindow(keras.callbacks.Callback):
@@ -50,7 +44,7 @@ class SAMWindow(keras.callbacks.Callback):
         return self.first_epoch <= epoch < self.stop_epoch
 
     def on_train_begin(self, logs=None):
-        _check_sam_model(self.model, "SAMWindow")
+        check_sam_model(self.model, "SAMWindow")
         self._last = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -76,7 +70,7 @@ class RhoSchedule(keras.callbacks.Callback):
         self.verbose = verbose
 
     def on_train_begin(self, logs=None):
-        _check_sam_model(self.model, "RhoSchedule")
+        check_sam_model(self.model, "RhoSchedule")
 
     def on_epoch_begin(self, epoch, logs=None):
         rho = float(self.fn(epoch))

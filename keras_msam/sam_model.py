@@ -46,6 +46,15 @@ def _check_settings(rho, m, ascent_steps, step_mult, adaptive_eta, bn_in_ascent,
         raise ValueError(f"shards_per_pass must be 'auto', None (all) or a positive int; got {shards_per_pass!r}.")
 
 
+def check_sam_model(model, user):
+    """TypeError naming `user` (a callback or tool) unless `model` is a SAMModel."""
+    if not isinstance(model, SAMModel):
+        raise TypeError(
+            f"{user} needs a keras_msam.SAMModel; got a {type(model).__name__}. "
+            "Wrap the network: SAMModel(model, rho=..., m=...)."
+        )
+
+
 def _cosine(a, b):
     dot = tf.add_n([tf.reduce_sum(tf.cast(x, tf.float32) * tf.cast(y, tf.float32)) for x, y in zip(a, b)])
     return dot / (ascent.global_norm(a) * ascent.global_norm(b) + 1e-30)

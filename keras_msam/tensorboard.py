@@ -25,6 +25,7 @@ from tensorboard.plugins.hparams import summary as hparams_summary
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary_v2
 
 from keras_msam import ascent
+from keras_msam.sam_model import check_sam_model
 
 # Keys of the fit logs written by SAMScalars (when present), with their tags.
 SCALAR_LOGS = {
@@ -37,14 +38,6 @@ SCALAR_LOGS = {
     "grad_cosine": "sam/grad_cosine",
     "m": "sam/m",
 }
-
-
-def _check_sam_model(model, callback):
-    if not all(hasattr(model, a) for a in ("inner", "m", "sam_enabled", "current_rho")):
-        raise TypeError(
-            f"{callback} needs a keras_msam.SAMModel; got a {type(model).__name__}. "
-            "Wrap the network: SAMModel(model, rho=..., m=...)."
-        )
 
 
 def _check_positive_int(value, name):
@@ -132,7 +125,7 @@ class SAMScalars(_TrialLogDir):
         self._write_fns = {}  # tuple of tags -> compiled writer
 
     def set_model(self, model):
-        _check_sam_model(model, "SAMScalars")
+        check_sam_model(model, "SAMScalars")
         super().set_model(model)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -198,7 +191,7 @@ def shard_eps(model, x, y=None, sample_weight=None, max_shards=None):
     ascent_steps) and BatchNorm mode at the current weights; rho is the current rho.
     Returns a list (shards) of lists (trainable variables of `model.inner`) of float32 tensors.
     """
-    _check_sam_model(model, "shard_eps")
+    check_sam_model(model, "shard_eps")
     return model.shard_perturbations(x, y, sample_weight, max_shards=max_shards)
 
 
@@ -246,7 +239,7 @@ class EpsHistograms(_TrialLogDir):
         self.group = group
 
     def set_model(self, model):
-        _check_sam_model(model, "EpsHistograms")
+        check_sam_model(model, "EpsHistograms")
         super().set_model(model)
 
     def on_epoch_end(self, epoch, logs=None):
