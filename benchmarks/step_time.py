@@ -6,12 +6,13 @@
 Prints, for each model and jit setting: ERM, SAMModel at each m, and (if `tf-keras` is installed:
 `pip install tf-keras`) tf_keras' `SharpnessAwareMinimization(num_batch_splits=batch/m)`, each as a
 median step time, its ratio to ERM of the same framework and jit setting, the first call's time
-(trace + compile), and the process's peak RSS. Numbers from noisy machines: compare ratios.
+(trace + compile), and the peak memory of a step. The configurations of one model and jit
+setting are timed round-robin (one step each per round), so the ratios come from the same minutes of
+a noisy machine; compare ratios, not milliseconds.
 """
 
 import argparse
 import os
-import resource
 import statistics
 import time
 
@@ -58,17 +59,35 @@ MODELS = {"cnn": cnn, "resnet": resnet}
 LOSS = dict(from_logits=True)
 
 
-def time_steps(model, x, y, steps):
-    """(first call seconds, median seconds of the next `steps` calls) of train_on_batch."""
+def first_call(model, x, y):
+    """Seconds of the first train_on_batch (trace + compile + one step)."""
     start = time.perf_counter()
     model.train_on_batch(x, y)
-    first = time.perf_counter() - start
-    times = []
+    return time.perf_counter() - start
+
+
+def interleaved_medians(models, x, y, steps):
+    """Median step time of each model, timed round-robin (one step of each per round), so that the
+    machine's drift during the run hits every configuration alike."""
+    times = [[] for _ in models]
     for _ in range(steps):
-        start = time.perf_counter()
+        for model, record in zip(models, times):
+            start = time.perf_counter()
+            model.train_on_batch(x, y)
+            record.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def step_peak_mb(model, x, y):
+    """Peak memory TensorFlow's CPU allocator holds during one step beyond what it held before (the
+    weights, optimizer slots and inputs of every model built so far), in MB; NaN where not reported."""
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
         model.train_on_batch(x, y)
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+        return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 1024**2
+    except (ValueError, RuntimeError):
+        return float("nan")
 
 
 def keras3_model(build, kind, m, jit):
@@ -91,14 +110,8 @@ def tf_keras_model(build, kind, splits, jit):
     return model
 
 
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def report(name, first, median, erm):
-    ratio = median / erm if erm else float("nan")
-    print(f"  {name:<34} {median * 1e3:9.1f} ms  {ratio:5.2f}x ERM   first call {first:6.1f} s   "
-          f"peak RSS {peak_rss_mb():7.0f} MB", flush=True)
+    print(f"  {name:<28} {median * 1e3:8.1f} ms  {median / erm:5.2f}x ERM   first call {first:5.1f} s", flush=True)
 
 
 def main(argv=None):
@@ -109,11 +122,11 @@ def main(argv=None):
     parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--no-tf-keras", action="store_true", help="skip tf_keras' SAM")
-    parser.add_argument("--quick", action="store_true", help="cnn only, 5 timed steps, m in (batch, 8, 1)")
+    parser.add_argument("--quick", action="store_true", help="cnn only, 7 timed steps, m in (batch, 8, 1)")
     args = parser.parse_args(argv)
     ms = args.ms or [args.batch, 32, 8, 1]
     if args.quick:
-        args.models, args.steps, ms = ["cnn"], 5, args.ms or [args.batch, 8, 1]
+        args.models, args.steps, ms = ["cnn"], 7, args.ms or [args.batch, 8, 1]
     for m in ms:
         if m < 1 or m > args.batch:
             parser.error(f"--ms: every m must be in 1..{args.batch} (the batch); got {m}")
@@ -127,26 +140,37 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(args.batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, size=(args.batch,))
-    print(f"batch {args.batch}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}")
+    print(f"batch {args.batch}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}; "
+          f"medians of {args.steps} interleaved steps, ratios to the ERM step of the same framework")
+    groups = []
     for name in args.models:
         build = MODELS[name]
         for jit in args.jit:
             jit_on = jit == "on"
-            print(f"\n{name}, jit_compile={jit_on}")
-            first, erm = time_steps(keras3_model(build, "erm", None, jit_on), x, y, args.steps)
-            report("Keras 3 ERM", first, erm, erm)
-            for m in ms:
-                first, t = time_steps(keras3_model(build, "sam", m, jit_on), x, y, args.steps)
-                report(f"SAMModel m={m}", first, t, erm)
+            configs = [("Keras 3 ERM", keras3_model(build, "erm", None, jit_on), "Keras 3 ERM")]
+            configs += [(f"SAMModel m={m}", keras3_model(build, "sam", m, jit_on), "Keras 3 ERM") for m in ms]
             if have_tf_keras:
-                first, tf_erm = time_steps(tf_keras_model(build, "erm", 1, jit_on), x, y, args.steps)
-                report("tf_keras ERM", first, tf_erm, tf_erm)
+                configs.append(("tf_keras ERM", tf_keras_model(build, "erm", 1, jit_on), "tf_keras ERM"))
                 for m in ms:
                     if args.batch // m > 32:
-                        print(f"  tf_keras SAM m={m:<24} skipped ({args.batch // m} splits: a loop too slow to time)")
+                        print(f"  (tf_keras SAM m={m} skipped: {args.batch // m} splits, a loop too slow to time)")
                         continue
-                    first, t = time_steps(tf_keras_model(build, "sam", args.batch // m, jit_on), x, y, args.steps)
-                    report(f"tf_keras SAM m={m}", first, t, tf_erm)
+                    configs.append((f"tf_keras SAM m={m}", tf_keras_model(build, "sam", args.batch // m, jit_on),
+                                    "tf_keras ERM"))
+            print(f"\n{name}, jit_compile={jit_on}: median step, ratio, first call (trace + compile)", flush=True)
+            firsts = [first_call(model, x, y) for _, model, _ in configs]
+            medians = dict(zip([c[0] for c in configs], interleaved_medians([c[1] for c in configs], x, y, args.steps)))
+            for (label, _, baseline), first in zip(configs, firsts):
+                report(label, first, medians[label], medians[baseline])
+            for m in ms:
+                if f"tf_keras SAM m={m}" in medians:
+                    speedup = medians[f"tf_keras SAM m={m}"] / medians[f"SAMModel m={m}"]
+                    print(f"  m={m}: tf_keras SAM step / SAMModel step = {speedup:.2f}")
+            groups.append((f"{name}, jit_compile={jit_on}", configs))
+    for group, configs in groups:
+        print(f"\n{group}: peak memory a step adds (TensorFlow's CPU allocator)")
+        for label, model, _ in configs:
+            print(f"  {label:<28} {step_peak_mb(model, x, y):8.0f} MB", flush=True)
 
 
 if __name__ == "__main__":
