@@ -272,6 +272,24 @@ def test_every_shard_engine_gives_the_same_step(monkeypatch, shards_per_pass, ma
         np.testing.assert_allclose(after, w - LR * g, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize(
+    "num_shards, bytes_per_shard, expected",
+    [
+        (16, 1, 1),  # up to MAX_UNROLLED_SHARDS: plain passes
+        (20, 1, 20),  # fewer than 32 shards: one vectorized pass
+        (128, 1, 32),  # 4 passes of 32
+        (256, 1, 64),  # at most 4 passes
+        (100, 1, 50),  # the smallest divisor >= 32
+        (128, 2 * 1024**3 // 10, 8),  # 10 shards fit the memory budget: the largest divisor <= 10
+    ],
+)
+def test_auto_shards_per_pass(num_shards, bytes_per_shard, expected):
+    from keras_msam.sam_model import auto_shards_per_pass
+
+    chosen = auto_shards_per_pass(num_shards, bytes_per_shard)
+    assert chosen == expected and num_shards % chosen == 0
+
+
 def test_shards_per_pass_must_divide_the_number_of_shards():
     x, y, _ = data()
     with pytest.raises(ValueError, match="shards_per_pass=5 must divide the number of shards per step"):
