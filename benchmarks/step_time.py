@@ -1,6 +1,7 @@
 """Median train-step time of m-SAM against ERM on the same model and batch, side by side in one run.
 
-    python benchmarks/step_time.py --quick            # 6-conv CNN, CPU, ~2-4 minutes
+    python benchmarks/step_time.py --quick            # 6-conv CNN, m in (128, 8, 1), CPU, ~2 minutes
+    python benchmarks/step_time.py                    # CNN and small ResNet, m in (128, 32, 8, 1), ~10 minutes
     python benchmarks/step_time.py --models cnn resnet --ms 128 32 8 1 --steps 10
 
 Prints, for each model and jit setting: ERM, SAMModel at each m, and (if `tf-keras` is installed:
