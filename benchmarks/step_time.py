@@ -2,7 +2,6 @@
 
     python benchmarks/step_time.py --quick            # 6-conv CNN, m in (128, 8, 1), CPU, ~2 minutes
     python benchmarks/step_time.py                    # CNN and small ResNet, m in (128, 32, 8, 1), ~10 minutes
-    python benchmarks/step_time.py --models cnn resnet --ms 128 32 8 1 --steps 10
 
 Prints, for each model and jit setting: ERM, SAMModel at each m, and (if `tf-keras` is installed:
 `pip install tf-keras`) tf_keras' `SharpnessAwareMinimization(num_batch_splits=batch/m)`, each as a
@@ -111,8 +110,9 @@ def tf_keras_model(build, kind, splits, jit):
     return model
 
 
-def report(name, first, median, erm):
-    print(f"  {name:<28} {median * 1e3:8.1f} ms  {median / erm:5.2f}x ERM   first call {first:5.1f} s", flush=True)
+def report(name, first, median, erm, peak_mb):
+    print(f"  {name:<28} {median * 1e3:8.1f} ms  {median / erm:5.2f}x ERM   first call {first:5.1f} s   "
+          f"step memory {peak_mb:5.0f} MB", flush=True)
 
 
 def main(argv=None):
@@ -143,11 +143,11 @@ def main(argv=None):
     y = rng.integers(0, 10, size=(args.batch,))
     print(f"batch {args.batch}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}; "
           f"medians of {args.steps} interleaved steps, ratios to the ERM step of the same framework")
-    groups = []
     for name in args.models:
         build = MODELS[name]
         for jit in args.jit:
             jit_on = jit == "on"
+            print(f"\n{name}, jit_compile={jit_on}: median step, ratio, first call (trace + compile), memory a step adds", flush=True)
             configs = [("Keras 3 ERM", keras3_model(build, "erm", None, jit_on), "Keras 3 ERM")]
             configs += [(f"SAMModel m={m}", keras3_model(build, "sam", m, jit_on), "Keras 3 ERM") for m in ms]
             if have_tf_keras:
@@ -158,21 +158,14 @@ def main(argv=None):
                         continue
                     configs.append((f"tf_keras SAM m={m}", tf_keras_model(build, "sam", args.batch // m, jit_on),
                                     "tf_keras ERM"))
-            print(f"\n{name}, jit_compile={jit_on}: median step, ratio, first call (trace + compile)", flush=True)
             firsts = [first_call(model, x, y) for _, model, _ in configs]
             medians = dict(zip([c[0] for c in configs], interleaved_medians([c[1] for c in configs], x, y, args.steps)))
-            for (label, _, baseline), first in zip(configs, firsts):
-                report(label, first, medians[label], medians[baseline])
+            for (label, model, baseline), first in zip(configs, firsts):
+                report(label, first, medians[label], medians[baseline], step_peak_mb(model, x, y))
             for m in ms:
                 if f"tf_keras SAM m={m}" in medians:
                     speedup = medians[f"tf_keras SAM m={m}"] / medians[f"SAMModel m={m}"]
                     print(f"  m={m}: tf_keras SAM step / SAMModel step = {speedup:.2f}")
-            groups.append((f"{name}, jit_compile={jit_on}", configs))
-    for group, configs in groups:
-        print(f"\n{group}: peak memory a step adds (TensorFlow's CPU allocator)")
-        for label, model, _ in configs:
-            print(f"  {label:<28} {step_peak_mb(model, x, y):8.0f} MB", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -65,7 +65,7 @@ def auto_shards_per_pass(num_shards, bytes_per_shard):
     largest divisor of k that fits.
 
     A few passes rather than one: a pass of 128 one-example shards streams ~150 MB of im2col patches
-    per convolution through the caches; passes of 32 ran the m = 1 step 10-15% faster (CPU, with and
+    per convolution through the caches; passes of 32 ran the m = 1 step 6-15% faster (CPU, with and
     without XLA). At most 4, because every pass is compiled on its own (compile time grows with them).
     """
     if num_shards <= MAX_UNROLLED_SHARDS:
