@@ -7,12 +7,16 @@ One training step on a (per-replica) batch of b examples split into shards S_1..
     G_j   = grad L_{S_j}(w + eps_j)
     w    <- optimizer(sum_j |S_j| / b * G_j)
 
-The shards are vectorized (`shards.py`): both passes run as one batched computation over shards, the
-perturbed pass with per-shard weights. All model calls are `stateless_call`s, so nothing is ever
-assigned to the weights during the ascent; BatchNorm statistics and RNG seeds come only from the
-unperturbed pass, merged as if the shards had run one after another.
+The step runs the shards (`shards.run_shards`, in a `layouts.Layout`), applies the weighted sum of the
+G_j, and logs. All model calls are `stateless_call`s, so nothing is ever assigned to the weights
+during the ascent; BatchNorm statistics and RNG seeds come only from the passes at w, merged as if
+the shards had run one after another. `fit` and `evaluate` run the steps through
+`train_function.StepFunction` (one compiled step per batch shape; layouts timed under
+`shards_per_pass="auto"`).
 """
 
+import math
+import numbers
 import re
 import warnings
 
@@ -22,30 +26,44 @@ from keras import tree
 from keras.src.losses import loss as loss_module
 from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_msam import ascent, shards
+from keras_msam import ascent, layouts, shards, train_function
 
 SAM_LOGS = ("sam_loss", "sharpness", "grad_norm", "eps_norm", "grad_cosine", "rho", "m")
-MAX_UNROLLED_SHARDS = 16
-VECTORIZED_MEMORY_BUDGET = 2 * 1024**3
-MIN_SHARDS_PER_VECTORIZED_PASS = 32
-MAX_VECTORIZED_PASSES = 4
+_SEED_KEY = "inner_seed_"
 
 
-def _check_settings(rho, m, ascent_steps, step_mult, adaptive_eta, bn_in_ascent, shards_per_pass):
-    if not callable(rho) and (rho is None or float(rho) < 0):
-        raise ValueError(f"rho must be a float >= 0 or a schedule (callable of the step); got rho={rho!r}.")
-    if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
-        raise ValueError(f"m must be a positive int (examples per shard) or None for the whole batch; got m={m!r}.")
-    if not isinstance(ascent_steps, int) or ascent_steps < 1:
-        raise ValueError(f"ascent_steps must be an int >= 1; got ascent_steps={ascent_steps!r}.")
-    if step_mult <= 0:
-        raise ValueError(f"step_mult must be > 0; got step_mult={step_mult!r}.")
-    if adaptive_eta < 0:
-        raise ValueError(f"adaptive_eta must be >= 0; got adaptive_eta={adaptive_eta!r}.")
-    if bn_in_ascent not in ("batch", "frozen"):
-        raise ValueError(f"bn_in_ascent must be 'batch' (ghost BN) or 'frozen' (inference mode); got {bn_in_ascent!r}.")
-    if shards_per_pass not in (None, "auto") and (not isinstance(shards_per_pass, int) or shards_per_pass < 1):
-        raise ValueError(f"shards_per_pass must be 'auto', None (all) or a positive int; got {shards_per_pass!r}.")
+def _check_rho(rho):
+    """rho as a float >= 0 (finite), or the schedule itself."""
+    if callable(rho):
+        return rho
+    try:
+        value = float(rho)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"rho must be a finite float >= 0 or a schedule (callable of the step); got rho={rho!r}.")
+    return value
+
+
+def _check_positive_int(value, name, hint):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int ({hint}); got {name}={value!r}.")
+    return int(value)
+
+
+def _compile_patterns(exclude):
+    """`exclude` as compiled regexes: a string is one pattern, a list or tuple several."""
+    patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except (re.error, TypeError) as error:
+            raise ValueError(
+                f"exclude must hold regular expressions matched against variable paths; {pattern!r} is not "
+                f"one ({error}). Example: exclude=[r'bias', r'batch_normalization']."
+            ) from None
+    return tuple(compiled)
 
 
 def check_sam_model(model, user):
@@ -57,28 +75,28 @@ def check_sam_model(model, user):
         )
 
 
-def auto_shards_per_pass(num_shards, bytes_per_shard):
-    """`shards_per_pass="auto"` for k shards: up to `MAX_UNROLLED_SHARDS` shards run as plain passes (1);
-    more run as at most `MAX_VECTORIZED_PASSES` vectorized passes of at least
-    `MIN_SHARDS_PER_VECTORIZED_PASS` shards (the smallest such divisor of k), unless the per-shard
-    copies (`bytes_per_shard` each) of a pass that size exceed `VECTORIZED_MEMORY_BUDGET`: then the
-    largest divisor of k that fits.
-
-    A few passes rather than one: a pass of 128 one-example shards streams ~150 MB of im2col patches
-    per convolution through the caches; passes of 32 ran the m = 1 step 6-15% faster (CPU, with and
-    without XLA). At most 4, because every pass is compiled on its own (compile time grows with them).
-    """
-    if num_shards <= MAX_UNROLLED_SHARDS:
-        return 1
-    divisors = [d for d in range(1, num_shards + 1) if num_shards % d == 0]
-    wanted = max(MIN_SHARDS_PER_VECTORIZED_PASS, -(-num_shards // MAX_VECTORIZED_PASSES))
-    fits = max(1, VECTORIZED_MEMORY_BUDGET // bytes_per_shard)
-    return min([d for d in divisors if wanted <= d <= fits] or [max(d for d in divisors if d <= fits)])
-
-
 def _cosine(a, b):
     dot = tf.add_n([tf.reduce_sum(tf.cast(x, tf.float32) * tf.cast(y, tf.float32)) for x, y in zip(a, b)])
-    return dot / (ascent.global_norm(a) * ascent.global_norm(b) + 1e-30)
+    norms = tf.cast(ascent.global_norm(a), tf.float32) * tf.cast(ascent.global_norm(b), tf.float32)
+    return dot / (norms + 1e-30)
+
+
+def _add(weights, delta):
+    return [w + tf.cast(d, w.dtype) for w, d in zip(weights, delta)]
+
+
+class _MaxMetric(keras.metrics.Metric):
+    """The largest value seen (`m`: the examples per shard of the full batches, not an average)."""
+
+    def __init__(self, name):
+        super().__init__(name=name)
+        self.value = self.add_variable(shape=(), initializer="zeros", name="value")
+
+    def update_state(self, value):
+        self.value.assign(tf.maximum(self.value, tf.cast(value, self.value.dtype)))
+
+    def result(self):
+        return self.value
 
 
 @keras.saving.register_keras_serializable(package="keras_msam")
@@ -87,17 +105,22 @@ class SAMModel(keras.Model):
 
     Args:
         model: a built Keras model (Sequential, functional or subclassed).
-        rho: ascent radius, a float >= 0 or a schedule `rho(step)` (e.g. a Keras
+        rho: ascent radius, a finite float >= 0 or a schedule `rho(step)` (e.g. a Keras
             `LearningRateSchedule`), evaluated on `optimizer.iterations`.
         m: examples per shard (per replica); None means one shard = the whole per-replica batch.
-            A batch that m does not divide ends with a smaller shard, weighted by its size.
+            A batch that m does not divide ends with a smaller shard, weighted by its size; a batch
+            smaller than m (the short last batch of an epoch) is one shard. m larger than the first
+            (full) batch of training is an error.
         normalize: eps = rho * g / ||g|| (True) or rho * g (False, the papers' theory).
-        ascent_steps: k > 1 takes k ascent steps of size rho * step_mult, each projected back onto
-            the rho-ball (when normalized).
+        ascent_steps: k > 1 takes k ascent steps of size rho * step_mult.
         step_mult: step size of one ascent step, as a multiple of rho.
         adaptive: ASAM, the ascent scaled elementwise by |w| + adaptive_eta.
-        exclude: regular expressions; trainable variables whose `path` matches one are not perturbed
-            (and not counted in ||g||), e.g. `exclude=[r"batch_normalization", r"bias"]`.
+        project: project eps onto the rho-ball after every ascent step. None (default): the
+            normalized ascent is projected when a step can leave the ball (ascent_steps > 1 or
+            step_mult > 1), the unnormalized one never (the papers' diagonal-net code); True with
+            normalize=False is the papers' deep-net code (rho * g, then projected).
+        exclude: a regular expression, or a list of them; trainable variables whose `path` matches
+            one are not perturbed (and not counted in ||g||), e.g. `exclude=[r"batch_normalization", r"bias"]`.
         bn_in_ascent: "batch" (ghost BN: the ascent gradient uses the shard's batch statistics) or
             "frozen" (BatchNorm in inference mode for the ascent gradient, with the moving statistics
             of the start of the step; the statistics are then updated by a training-mode pass at w).
@@ -105,11 +128,10 @@ class SAMModel(keras.Model):
             ever come from passes at w, merged as if ERM had run the shards one after another.
             Dropout: each shard draws its own mask, and the same mask serves its pass at w and at
             w + eps (sharpness is measured on one sub-network).
-        shards_per_pass: how many shards run together as one vectorized pass (None: all of them).
-            "auto": up to 16 shards run as separate plain passes (unrolled; fastest under XLA and
-            no extra memory), more shards in up to 4 vectorized passes of at least 32 shards, fewer
-            shards per pass where the per-shard copies of weights and gradients would exceed
-            `VECTORIZED_MEMORY_BUDGET` bytes (see `auto_shards_per_pass`).
+        shards_per_pass: how the shards of a step run (`keras_msam.layouts`). "auto": the first steps
+            of `fit` time up to 3 candidate layouts and keep the fastest (`model.shard_layouts`,
+            `model.layout_reports`); 1: plain passes, one shard at a time; p > 1: vectorized passes of
+            p shards (p must divide the number of shards); None: all shards in one vectorized pass.
         sam_enabled: start with SAM on (True) or off (plain ERM step until switched on).
     """
 
@@ -127,32 +149,53 @@ class SAMModel(keras.Model):
         bn_in_ascent="batch",
         shards_per_pass="auto",
         sam_enabled=True,
+        project=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_settings(rho, m, ascent_steps, step_mult, adaptive_eta, bn_in_ascent, shards_per_pass)
+        if not isinstance(model, keras.Model) or not model.built:
+            raise ValueError(
+                "SAMModel needs a built Keras model: give it a keras.Input, or call model.build(input_shape) "
+                f"or model(x) once before wrapping it; got {model!r}."
+            )
+        rho = _check_rho(rho)
+        self.m = None if m is None else _check_positive_int(m, "m", "examples per shard, or None for the whole batch")
+        self.ascent = ascent.Ascent(
+            normalize=bool(normalize),
+            steps=_check_positive_int(ascent_steps, "ascent_steps", "ascent steps per shard"),
+            step_mult=float(step_mult),
+            adaptive=bool(adaptive),
+            eta=float(adaptive_eta),
+            project=None if project is None else bool(project),
+        )
+        if not self.ascent.step_mult > 0:
+            raise ValueError(f"step_mult must be > 0; got step_mult={step_mult!r}.")
+        if not self.ascent.eta >= 0:
+            raise ValueError(f"adaptive_eta must be >= 0; got adaptive_eta={adaptive_eta!r}.")
+        if bn_in_ascent not in ("batch", "frozen"):
+            raise ValueError(f"bn_in_ascent must be 'batch' (ghost BN) or 'frozen' (inference mode); got {bn_in_ascent!r}.")
+        if shards_per_pass not in (None, "auto"):
+            _check_positive_int(shards_per_pass, "shards_per_pass", "'auto', None or shards per vectorized pass")
         self.inner = model
-        self.m = m
-        self.normalize = bool(normalize)
-        self.ascent_steps = ascent_steps
-        self.step_mult = float(step_mult)
-        self.adaptive = bool(adaptive)
-        self.adaptive_eta = float(adaptive_eta)
-        self.exclude = tuple(exclude)
+        self.exclude = tuple(p.pattern for p in _compile_patterns(exclude))
+        self._perturbed = [not any(p.search(v.path) for p in _compile_patterns(exclude)) for v in model.trainable_variables]
         self.bn_in_ascent = bn_in_ascent
         self.shards_per_pass = shards_per_pass
         self.rho_schedule = rho if callable(rho) else None
-        self._rho = keras.Variable(0.0 if callable(rho) else float(rho), trainable=False, name="sam_rho")
+        self._rho = keras.Variable(0.0 if callable(rho) else rho, trainable=False, name="sam_rho")
         self._sam_enabled = bool(sam_enabled)
-        self._sam_trackers = [keras.metrics.Mean(name=n) for n in SAM_LOGS]
-        if not model.built:
-            raise ValueError(
-                "SAMModel needs a built model: give it a keras.Input, or call model.build(input_shape) "
-                "or model(x) once before wrapping it."
-            )
+        self._sam_trackers = [keras.metrics.Mean(name=n) for n in SAM_LOGS if n != "m"] + [_MaxMetric("m")]
+        self._jit_updates = {}  # sam_enabled -> XLA-compiled update (several replicas, jit_compile)
+        self.first_batch = None  # per-replica size of the first training batch (m must not exceed it)
+        self.shard_layouts = {}  # per-replica batch size -> the Layout `fit` measured fastest
+        self.layout_reports = {}  # per-replica batch size -> what the tuning measured
         self.built = True
 
     # ----------------------------------------------------------------- runtime switches
+    @property
+    def normalize(self):
+        return self.ascent.normalize
+
     @property
     def rho(self):
         """The current radius (a float); assigning a float changes it without recompiling."""
@@ -162,32 +205,73 @@ class SAMModel(keras.Model):
 
     @rho.setter
     def rho(self, value):
-        if callable(value) or value is None or float(value) < 0:
-            raise ValueError(f"rho must be a float >= 0; got rho={value!r}.")
         if self.rho_schedule is not None:
             raise ValueError("This SAMModel follows a rho schedule; set rho_schedule=None before assigning rho.")
-        self._rho.assign(float(value))
+        if callable(value):
+            raise ValueError("Assign a float to rho; pass a schedule to the constructor instead.")
+        self._rho.assign(_check_rho(value))
 
     @property
     def sam_enabled(self):
-        """SAM steps (True) or plain one-pass ERM steps (False); assigning it rebuilds the train function.
+        """SAM steps (True) or plain one-pass ERM steps (False); can be switched between any two steps.
 
-        A Python switch, not a `tf.cond`: XLA on CPU runs convolutions inside a conditional (or a
-        while loop) tens of times slower, so each setting gets its own trace (compiled once each)."""
+        A Python switch, not a `tf.cond` (XLA on CPU runs convolutions inside a conditional tens of
+        times slower): each setting has its own compiled step, traced once."""
         return self._sam_enabled
 
     @sam_enabled.setter
     def sam_enabled(self, value):
-        if bool(value) != self._sam_enabled:
-            self._sam_enabled = bool(value)
-            if getattr(self, "train_function", None) is not None:
-                self.make_train_function(force=True)
+        self._sam_enabled = bool(value)
 
     def current_rho(self):
         """rho for this step as a float32 tensor (the schedule evaluated on optimizer.iterations)."""
         if self.rho_schedule is None:
             return tf.cast(self._rho, tf.float32)
         return tf.cast(self.rho_schedule(self.optimizer.iterations), tf.float32)
+
+    # ----------------------------------------------------------------- shards
+    def shard_size(self, batch):
+        """Examples per shard for a per-replica batch of `batch` (m, or the batch for m=None or a short batch)."""
+        return batch if self.m is None else min(self.m, batch)
+
+    def num_shards(self, batch):
+        """Full shards of a per-replica batch (a smaller last shard is not counted)."""
+        return batch // self.shard_size(batch) if batch else 0
+
+    def bytes_per_shard(self):
+        """Memory of one vectorized shard: weights + eps, g and G, ~4 copies of the weights."""
+        return 4 * sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in self.inner.trainable_variables)
+
+    def layout_for(self, batch):
+        """The layout of the full shards of a batch: measured by `fit` (shards_per_pass="auto"), else
+        the static guess, or the one `shards_per_pass` sets."""
+        num_shards = self.num_shards(batch)
+        if self.shards_per_pass != "auto":
+            return layouts.user_layout(self.shards_per_pass, num_shards)
+        if batch in self.shard_layouts:
+            return self.shard_layouts[batch]
+        return layouts.static_layout(num_shards, self.bytes_per_shard(), bool(self.jit_compile))
+
+    def check_batch(self, batch):
+        """Before a training step on a per-replica batch of `batch`: m must not exceed the first batch."""
+        if self.first_batch is None:
+            self.first_batch = batch
+        if self._sam_enabled and self.m is not None and batch is not None and batch >= self.first_batch and self.m > batch:
+            raise ValueError(
+                f"m={self.m} is larger than the per-replica batch size {batch}; use m <= {batch} "
+                "(or m=None for one shard per batch), or a larger batch_size (m is per replica)."
+            )
+
+    def _shard_plan(self, batch):
+        """(m, warning or None) for a step on a per-replica batch of static size `batch`."""
+        m = self.shard_size(batch)
+        if self.m is not None and self.m > batch:
+            return m, (f"a batch of {batch} examples per replica is smaller than m={self.m}: it runs as "
+                       f"one shard of {batch} (e.g. the short last batch of an epoch).")
+        if batch % m:
+            return m, (f"m={m} does not divide the per-replica batch of {batch}: the last shard has "
+                       f"{batch % m} examples (weighted by its size).")
+        return m, None
 
     # ----------------------------------------------------------------- Keras plumbing
     def call(self, inputs, training=False):
@@ -208,11 +292,12 @@ class SAMModel(keras.Model):
             "model": keras.saving.serialize_keras_object(self.inner),
             "rho": rho,
             "m": self.m,
-            "normalize": self.normalize,
-            "ascent_steps": self.ascent_steps,
-            "step_mult": self.step_mult,
-            "adaptive": self.adaptive,
-            "adaptive_eta": self.adaptive_eta,
+            "normalize": self.ascent.normalize,
+            "ascent_steps": self.ascent.steps,
+            "step_mult": self.ascent.step_mult,
+            "adaptive": self.ascent.adaptive,
+            "adaptive_eta": self.ascent.eta,
+            "project": self.ascent.project,
             "exclude": list(self.exclude),
             "bn_in_ascent": self.bn_in_ascent,
             "shards_per_pass": self.shards_per_pass,
@@ -228,18 +313,61 @@ class SAMModel(keras.Model):
             config["rho"] = keras.saving.deserialize_keras_object(config["rho"], custom_objects=custom_objects)
         return cls(**config)
 
+    def _seed_states(self):
+        return [v for v in self.inner.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+    def save_own_variables(self, store):
+        """Keras' variables plus the wrapped model's RNG seed states (e.g. Dropout's), which Keras does
+        not save: a run resumed by `BackupAndRestore` then draws the same dropout masks."""
+        super().save_own_variables(store)
+        for i, variable in enumerate(self._seed_states()):
+            store[f"{_SEED_KEY}{i}"] = variable
+
+    def load_own_variables(self, store):
+        seeds = {k: store[k] for k in store.keys() if k.startswith(_SEED_KEY)}
+        super().load_own_variables({k: store[k] for k in store.keys() if not k.startswith(_SEED_KEY)})
+        for i, variable in enumerate(self._seed_states()):
+            if f"{_SEED_KEY}{i}" in seeds:
+                variable.assign(seeds[f"{_SEED_KEY}{i}"])
+
+    def make_train_function(self, force=False):
+        if self.train_function is None or force:
+            self.train_function = train_function.TrainFunction(self)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is None or force:
+            self.test_function = train_function.StepFunction(
+                self, lambda data, options: self.test_step(data), lambda data: None
+            )
+        return self.test_function
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' symbolic build of the compiled loss, metrics and optimizer before the first step (so the
+        step is traced once, not twice for creating variables), from the first replica's part of a batch
+        (Keras averages the replicas' batches, which fails under MultiWorkerMirroredStrategy)."""
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(lambda v: train_function._local_values(v)[0], next(it))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
     # ----------------------------------------------------------------- the step
     def train_step(self, data):
+        """One step (Keras' API): SAM or ERM as `sam_enabled` says, shards in `layout_for(batch)`."""
+        return self._train_step(data, train_function.StepOptions(self._sam_enabled, None))
+
+    def _train_step(self, data, options):
+        """Three phases: the update (SAM over shards, or ERM), applied to the weights, then the logs."""
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        weights = [v.value for v in self.inner.trainable_variables]
-        state = [v.value for v in self.inner.non_trainable_variables]
+        batch = (x, y, sample_weight)
+        if not self.inner.trainable_variables:
+            return self._step_without_weights(batch)
         rho = self.current_rho()
-        if self._sam_enabled:
-            grads, y_pred, new_state, logs = self._sam_update(weights, state, x, y, sample_weight, rho)
-        else:
-            grads, y_pred, new_state, logs = self._erm_update(weights, state, x, y, sample_weight)
+        grads, y_pred, state, logs = self._update_function(options)(*self._state(), batch, rho, options.layout)
         self.optimizer.apply_gradients(zip(grads, self.inner.trainable_variables))
-        for variable, value in zip(self.inner.non_trainable_variables, new_state):
+        for variable, value in zip(self.inner.non_trainable_variables, state):
             variable.assign(value)
         self._loss_tracker.update_state(logs.pop("loss"), sample_weight=shards.leading_dim(x))
         logs["rho"] = rho
@@ -247,85 +375,71 @@ class SAMModel(keras.Model):
             tracker.update_state(logs[tracker.name])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
+    def _update_function(self, options):
+        """`_sam_update` or `_erm_update`; XLA-compiled on its own when `options.jit_update` (several
+        replicas: XLA cannot compile a step that reaches the variables of several devices, so the
+        gradients are compiled per replica and applied outside XLA)."""
+        update = self._sam_update if options.sam_enabled else self._erm_update
+        if not options.jit_update:
+            return update
+        if options.sam_enabled not in self._jit_updates:
+            self._jit_updates[options.sam_enabled] = tf.function(update, jit_compile=True, autograph=False)
+        return self._jit_updates[options.sam_enabled]
+
     def test_step(self, data):
         """The wrapped model's evaluation; the SAM diagnostics are training-only."""
         return {k: v for k, v in super().test_step(data).items() if k not in SAM_LOGS}
 
-    def _erm_update(self, weights, state, x, y, sample_weight):
-        """The plain Keras step (whole batch, one pass), in the same shape as `_sam_update`."""
-        grads, loss, y_pred, new_state = self._gradient(weights, state, x, y, sample_weight, training=True)
-        loss, grad_norm = self._unscaled(loss), ascent.global_norm(self._unscaled(grads))
+    def _state(self):
+        return [v.value for v in self.inner.trainable_variables], [v.value for v in self.inner.non_trainable_variables]
+
+    def _erm_update(self, weights, state, batch, rho=None, layout=None):
+        """The plain Keras step (whole batch, one pass), in the shape of `_sam_update`'s result."""
+        grads, loss, y_pred, new_state = self._gradient(weights, state, batch, training=True)
+        loss, grad_norm = self._unscaled(loss), ascent.global_norm(self._unscaled(self._dense(grads)))
         zero, one = tf.zeros((), tf.float32), tf.ones((), tf.float32)
         logs = {"loss": loss, "sam_loss": loss, "sharpness": zero, "grad_norm": grad_norm, "eps_norm": zero,
-                "grad_cosine": one, "m": tf.cast(shards.leading_dim(x), tf.float32)}
+                "grad_cosine": one, "m": tf.cast(shards.leading_dim(batch), tf.float32)}
         return grads, y_pred, new_state, logs
 
-    def _sam_update(self, weights, state, x, y, sample_weight, rho):
-        """Sum over shards of |S_j|/b * (G_j, losses, norms); predictions and state from the w pass."""
-        batch = shards.leading_dim(x)
-        m = batch if self.m is None else self.m
-        if isinstance(batch, int):
-            if m > batch:
-                raise ValueError(
-                    f"m={m} is larger than the per-replica batch size {batch}; use m <= {batch} "
-                    "(or m=None for one shard per batch), or a larger batch_size."
-                )
-            if batch % m:  # e.g. the last batch of NumPy input
-                warnings.warn(
-                    f"m={m} does not divide the per-replica batch of {batch}: the last shard has "
-                    f"{batch % m} examples (weighted by its size).",
-                    stacklevel=2,
-                )
-        else:  # a short last batch, seen only at run time: one shard if it is smaller than m
-            m = tf.minimum(m, batch)
-        full = (batch // m) * m
-
-        def weighted(summed, size):  # sum over shards of |S_j| / b * (...), all shards of one size
-            return tree.map_structure(lambda t: t * tf.cast(size / batch, t.dtype), summed)
+    def _sam_update(self, weights, state, batch, rho, layout):
+        """Sum over shards of |S_j|/b * (G_j, losses, norms); predictions and state from the passes at w."""
+        b = shards.leading_dim(batch)
+        if isinstance(b, int):
+            m, warning = self._shard_plan(b)
+            if warning:
+                warnings.warn(f"SAMModel: {warning}", stacklevel=2)
+            layout = layout or (self.layout_for(b) if m < b else None)
+        else:  # traced for any batch size: shards of min(m, b), see shards.run_shards
+            m = self.m or b
+        if isinstance(b, int) and b == 0:  # a replica without examples (a short last batch): as Keras does
+            return self._erm_update(weights, state, batch)
+        connected = []
 
         def shard_fn(shard, shard_state):
-            return self._shard_update(weights, shard_state, *shard, rho)
+            return self._shard_update(weights, shard_state, shard, rho, connected)
 
-        kinds = self._state_kinds()
-        data = (x, y, sample_weight)
-        stacked = shards.stack_shards(shards.slice_batch(data, 0, full), full // m, m)
-        per_pass = self._shards_per_pass(full // m, weights)
-        summed, y_pred, state = shards.map_shards(shard_fn, stacked, state, kinds, per_pass, MAX_UNROLLED_SHARDS)
-        summed, y_pred = weighted(summed, m), shards.unstack_shards(y_pred)
-
-        def with_remainder():
-            rest = shards.slice_batch(data, full)
-            r_sum, r_pred, r_state = self._shard_update(weights, state, *rest, rho)
-            return (
-                tree.map_structure(tf.add, summed, weighted(r_sum, batch - full)),
-                tree.map_structure(lambda a, b: tf.concat([a, b], 0), y_pred, r_pred),
-                shards.merge_state(state, kinds, [s[None] for s in r_state]),
-            )
-
-        if isinstance(batch, int):
-            if full < batch:
-                summed, y_pred, state = with_remainder()
-        else:
-            summed, y_pred, state = tf.cond(full < batch, with_remainder, lambda: (summed, y_pred, state))
+        summed, y_pred, state = shards.run_shards(shard_fn, batch, state, self._state_kinds(), m, layout)
         grads, erm_grads = summed.pop("grads"), summed.pop("erm_grads")
-        summed["sharpness"] = summed["sam_loss"] - summed["loss"]
-        summed["grad_cosine"] = _cosine(erm_grads, grads)
-        summed["m"] = tf.cast(m, tf.float32)
-        return grads, y_pred, state, summed
+        logs = {**summed, "sharpness": summed["sam_loss"] - summed["loss"], "grad_cosine": _cosine(erm_grads, grads),
+                "m": tf.cast(m, tf.float32)}
+        grads = [g if c else None for g, c in zip(grads, connected)]  # None: Keras skips it and warns
+        return grads, y_pred, state, logs
 
-    def _shard_update(self, weights, state, x, y, sample_weight, rho):
+    def _shard_update(self, weights, state, shard, rho, connected):
         """One shard: ascent from w to w + eps, gradient there (the caller weights by |S_j| / b)."""
         frozen = self.bn_in_ascent == "frozen"
-        g, loss, y_pred, new_state = self._gradient(weights, state, x, y, sample_weight, training=not frozen)
+        g, loss, y_pred, new_state = self._gradient(weights, state, shard, training=not frozen)
+        connected[:] = [t is not None for t in g]
         if frozen:  # BN statistics and logged predictions come from a training-mode pass at w
-            loss, y_pred, new_state = self._forward(weights, state, x, y, sample_weight, training=True)
-        erm_grads = self._unscaled(g)
-        g = self._mask(erm_grads)
-        grad_norm = ascent.global_norm(g)
-        delta = self._ascent(weights, state, x, y, sample_weight, rho, g, grad_norm)
-        sam_grads, sam_loss, _, _ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=True)
+            loss, y_pred, new_state = self._forward(weights, state, shard, training=True)
+        erm_grads = self._unscaled(self._dense(g))
+        masked = self._mask(erm_grads)
+        grad_norm = ascent.global_norm(masked)
+        delta = self._perturbation(weights, state, shard, rho, masked, grad_norm)
+        sam_grads, sam_loss, _, _ = self._gradient(_add(weights, delta), state, shard, training=True)
         summed = {
-            "grads": sam_grads,
+            "grads": self._dense(sam_grads),
             "erm_grads": erm_grads,
             "loss": self._unscaled(loss),
             "sam_loss": self._unscaled(sam_loss),
@@ -334,41 +448,45 @@ class SAMModel(keras.Model):
         }
         return summed, y_pred, new_state
 
-    def _ascent(self, weights, state, x, y, sample_weight, rho, g, grad_norm):
-        """eps of one shard from its (unscaled, masked) gradient g at w: `ascent_steps` steps."""
+    def _perturbation(self, weights, state, shard, rho, grad, grad_norm=None):
+        """eps of one shard from its (unscaled, masked) gradient at w (`self.ascent`'s steps)."""
         training = self.bn_in_ascent != "frozen"
-        scales = ascent.adaptive_scales(weights, self.adaptive, self.adaptive_eta)
-        step_size = rho * self.step_mult
-        delta = ascent.ascent_step(g, scales, step_size, self.normalize, norm=None if scales else grad_norm)
-        for _ in range(1, self.ascent_steps):
-            if self.normalize:
-                delta = ascent.project_to_ball(delta, scales, rho)
-            g_step, *_ = self._gradient(self._add(weights, delta), state, x, y, sample_weight, training=training)
-            g = self._mask(self._unscaled(g_step))
-            delta = [d + e for d, e in zip(delta, ascent.ascent_step(g, scales, step_size, self.normalize))]
-        if self.normalize and (self.ascent_steps > 1 or self.step_mult > 1):  # else already inside the ball
-            delta = ascent.project_to_ball(delta, scales, rho)
-        return delta
+
+        def grad_at(delta):
+            g, *_ = self._gradient(_add(weights, delta), state, shard, training=training)
+            return self._mask(self._unscaled(self._dense(g)))
+
+        return ascent.perturbation(self.ascent, grad, grad_at, weights, rho, grad_norm=grad_norm)
 
     def shard_perturbations(self, x, y=None, sample_weight=None, max_shards=None):
         """eps_j of the first `max_shards` shards of the batch (x, y) at the current weights and rho,
         as the train step computes them (a list over shards of lists over `inner.trainable_variables`).
         For inspection (e.g. `keras_msam.tensorboard.EpsHistograms`), run eagerly."""
-        batch = shards.leading_dim(x)
-        m = batch if self.m is None else min(self.m, int(batch))
-        weights = [v.value for v in self.inner.trainable_variables]
-        state = [v.value for v in self.inner.non_trainable_variables]
+        batch = int(shards.leading_dim(x))
+        m = self.shard_size(batch)
+        weights, state = self._state()
+        training = self.bn_in_ascent != "frozen"
         result = []
-        for start in list(range(0, int(batch), m))[:max_shards]:
-            xs, ys, ws = shards.slice_batch((x, y, sample_weight), start, start + m)
-            g, *_ = self._gradient(weights, state, xs, ys, ws, training=self.bn_in_ascent != "frozen")
-            g = self._mask(self._unscaled(g))
-            result.append(self._ascent(weights, state, xs, ys, ws, self.current_rho(), g, ascent.global_norm(g)))
+        for start in list(range(0, batch, m))[:max_shards]:
+            shard = shards.slice_batch((x, y, sample_weight), start, start + m)
+            g, *_ = self._gradient(weights, state, shard, training=training)
+            result.append(self._perturbation(weights, state, shard, self.current_rho(), self._mask(self._unscaled(self._dense(g)))))
         return result
 
+    def _step_without_weights(self, batch):
+        """A model without trainable weights: Keras' behaviour (a warning, metrics, no update)."""
+        warnings.warn("The model does not have any trainable weights.", stacklevel=2)
+        x, y, sample_weight = batch
+        loss, y_pred, state = self._forward([], self._state()[1], batch, training=True)
+        for variable, value in zip(self.inner.non_trainable_variables, state):
+            variable.assign(value)
+        self._loss_tracker.update_state(self._unscaled(loss), sample_weight=shards.leading_dim(x))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
     # ----------------------------------------------------------------- helpers
-    def _forward(self, weights, state, x, y, sample_weight, training):
+    def _forward(self, weights, state, batch, training):
         """Loss (scaled for distribution and loss scaling), predictions and new state at `weights`."""
+        x, y, sample_weight = batch
         kwargs = {"training": training} if self.inner._call_has_training_arg else {}
         y_pred, new_state, losses = self.inner.stateless_call(weights, state, x, return_losses=True, **kwargs)
         self._losses_override = list(losses)
@@ -378,45 +496,36 @@ class SAMModel(keras.Model):
             self._losses_override = []
         return self.optimizer.scale_loss(loss), y_pred, new_state
 
-    def _gradient(self, weights, state, x, y, sample_weight, training):
+    def _gradient(self, weights, state, batch, training):
+        """(gradients, None where the loss does not depend on a weight; loss; predictions; new state)."""
         with tf.GradientTape() as tape:
             tape.watch(weights)
-            loss, y_pred, new_state = self._forward(weights, state, x, y, sample_weight, training)
-        grads = tape.gradient(loss, weights)
-        grads = [tf.zeros_like(w) if g is None else tf.convert_to_tensor(g) for g, w in zip(grads, weights)]
-        return grads, loss, y_pred, new_state
+            loss, y_pred, new_state = self._forward(weights, state, batch, training)
+        return tape.gradient(loss, weights), loss, y_pred, new_state
+
+    def _dense(self, grads):
+        """Gradients with zeros for the weights the loss does not depend on."""
+        return [tf.zeros_like(v.value) if g is None else tf.convert_to_tensor(g)
+                for g, v in zip(grads, self.inner.trainable_variables)]
 
     def _unscaled(self, value):
-        """Undoes the mixed-precision loss scale and the 1/replicas scaling of Keras losses."""
+        """Undoes the mixed-precision loss scale and the 1/replicas scaling of Keras losses
+        (float16 values come back in float32; float32 and float64 keep their dtype)."""
         if isinstance(value, (list, tuple)):
             return [self._unscaled(v) for v in value]
-        value = tf.cast(value, tf.float32)
+        value = tf.convert_to_tensor(value)
+        if value.dtype in (tf.float16, tf.bfloat16):
+            value = tf.cast(value, tf.float32)
         scale = getattr(self.optimizer, "dynamic_scale", None)
         if scale is not None:
-            value = value / tf.cast(scale, tf.float32)
+            value = value / tf.cast(scale, value.dtype)
         return loss_module.unscale_loss_for_distribution(value)
 
     def _mask(self, grads):
-        if not self.exclude:
+        """Zeros for the gradients of excluded variables (`exclude`): they are not perturbed."""
+        if all(self._perturbed):
             return grads
-        patterns = [re.compile(p) for p in self.exclude]
-        return [
-            tf.zeros_like(g) if any(p.search(v.path) for p in patterns) else g
-            for g, v in zip(grads, self.inner.trainable_variables)
-        ]
-
-    def _shards_per_pass(self, num_shards, weights):
-        """The shards per vectorized pass for k shards (see the `shards_per_pass` argument)."""
-        if self.shards_per_pass != "auto":
-            return self.shards_per_pass
-        if not isinstance(num_shards, int):
-            return None
-        # per vectorized shard: weights + eps, g and G (float32) -> about 4 copies of the weights
-        return auto_shards_per_pass(num_shards, 4 * 4 * sum(w.shape.num_elements() for w in weights))
-
-    @staticmethod
-    def _add(weights, delta):
-        return [w + tf.cast(d, w.dtype) for w, d in zip(weights, delta)]
+        return [g if keep else tf.zeros_like(g) for g, keep in zip(grads, self._perturbed)]
 
     def _state_kinds(self):
         """How each non-trainable variable merges across shards (see `shards.merge_state`)."""

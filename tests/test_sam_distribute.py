@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_msam import SAMModel
 from numpy_msam import msam_gradient
-from test_sam_model import LR, data, mlp, params_of
+from sam_fixtures import LR, data, mlp, params_of
 
 
 def dataset(x, y, sw, batch):

@@ -6,42 +6,7 @@ import pytest
 
 from keras_msam import SAMModel
 from numpy_msam import loss_and_grad, msam_gradient
-
-LR = 0.1
-B, D_IN, D_H, D_OUT = 12, 3, 5, 2
-
-
-def mlp(l2=0.0, seed=0):
-    reg = keras.regularizers.L2(l2) if l2 else None
-    init = keras.initializers.GlorotNormal(seed=seed)
-    return keras.Sequential(
-        [
-            keras.Input((D_IN,)),
-            keras.layers.Dense(D_H, activation="tanh", kernel_regularizer=reg, kernel_initializer=init,
-                               bias_initializer=keras.initializers.RandomNormal(seed=seed + 1)),
-            keras.layers.Dense(D_OUT, kernel_regularizer=reg, kernel_initializer=init,
-                               bias_initializer=keras.initializers.RandomNormal(seed=seed + 2)),
-        ]
-    )
-
-
-def data(seed=0, n=B):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, D_IN)).astype("float32")
-    y = rng.normal(size=(n, D_OUT)).astype("float32")
-    sw = rng.uniform(0.2, 2.0, size=n).astype("float32")
-    return x, y, sw
-
-
-def params_of(model):
-    return [v.numpy().astype("float64") for v in model.trainable_variables]
-
-
-def sam(inner, jit=False, **kwargs):
-    model = SAMModel(inner, **kwargs)
-    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse", jit_compile=jit)
-    return model
-
+from sam_fixtures import B, LR, data, mlp, params_of, sam
 
 CASES = {
     "n-sam": dict(m=None),
@@ -257,12 +222,15 @@ def test_save_and_load_round_trip(tmp_path):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("shards_per_pass, max_unrolled", [(None, 16), (1, 16), (3, 16), (2, 2), ("auto", 16)])
+@pytest.mark.parametrize(
+    "shards_per_pass, max_unrolled", [(None, 16), (1, 16), (1, 2), (3, 16), (2, 2), ("auto", 16)]
+)
 def test_every_shard_engine_gives_the_same_step(monkeypatch, shards_per_pass, max_unrolled):
-    """One vectorized pass, unrolled plain passes, unrolled vectorized passes, a while loop of passes."""
-    import keras_msam.sam_model as sam_model
+    """One vectorized pass, unrolled plain passes, a while loop of plain passes, unrolled vectorized
+    passes, a while loop of vectorized passes."""
+    from keras_msam import layouts
 
-    monkeypatch.setattr(sam_model, "MAX_UNROLLED_SHARDS", max_unrolled)
+    monkeypatch.setattr(layouts, "MAX_UNROLLED_PASSES", max_unrolled)
     x, y, sw = data()
     model = sam(mlp(0.01), rho=0.1, m=1, shards_per_pass=shards_per_pass)
     before = params_of(model)
@@ -270,24 +238,6 @@ def test_every_shard_engine_gives_the_same_step(monkeypatch, shards_per_pass, ma
     expected = msam_gradient(before, x, y, sw, m=1, rho=0.1, l2=0.01)
     for after, w, g in zip(params_of(model), before, expected):
         np.testing.assert_allclose(after, w - LR * g, rtol=2e-5, atol=2e-6)
-
-
-@pytest.mark.parametrize(
-    "num_shards, bytes_per_shard, expected",
-    [
-        (16, 1, 1),  # up to MAX_UNROLLED_SHARDS: plain passes
-        (20, 1, 20),  # fewer than 32 shards: one vectorized pass
-        (128, 1, 32),  # 4 passes of 32
-        (256, 1, 64),  # at most 4 passes
-        (100, 1, 50),  # the smallest divisor >= 32
-        (128, 2 * 1024**3 // 10, 8),  # 10 shards fit the memory budget: the largest divisor <= 10
-    ],
-)
-def test_auto_shards_per_pass(num_shards, bytes_per_shard, expected):
-    from keras_msam.sam_model import auto_shards_per_pass
-
-    chosen = auto_shards_per_pass(num_shards, bytes_per_shard)
-    assert chosen == expected and num_shards % chosen == 0
 
 
 def test_shards_per_pass_must_divide_the_number_of_shards():
