@@ -175,6 +175,7 @@ class Trainer:
         self.n, self.d = self.X.shape
         self.alpha, self.normalize, self.lr = float(alpha), bool(normalize), float(lr)
         m, _, sam_on = sam_settings(self.method, 0.0, normalize)
+        self.shard_size = (self.n if m is None else m) if sam_on else None  # examples per SAM shard
         self.model = SAMModel(diag_net.make_model(self.d, self.alpha), rho=0.0, m=m, normalize=normalize,
                               sam_enabled=sam_on)
         self.model.compile(optimizer=keras.optimizers.SGD(learning_rate=self.lr), loss=diag_net.half_squared_error)
@@ -231,7 +232,7 @@ def train_run(trainer, rho, steps, chunk=None, seed=0, init=None, progress=False
         "method": trainer.method,
         "rho": float(rho),
         "rho_model": trainer.model_rho,
-        "m": {"n-sam": trainer.n, "1-sam": 1}.get(trainer.method),  # examples per SAM shard (None: no ascent)
+        "m": trainer.shard_size,  # examples per SAM shard (None: no ascent)
         "batch_size": 1 if trainer.method == "sgd" else trainer.n,
         "normalize": trainer.normalize,
         "lr": trainer.lr,
@@ -458,11 +459,9 @@ def _brief(result):
 
 
 # ----------------------------------------------------------------------------------------- command line
-def _main_run(config):
-    result = run(config)
+def _print_run(result):
     print(f"{result['method']} rho={result['rho']:g} lr={result['lr']:.4g} steps={result['steps']}: "
           f"train loss {result['train_loss']:.3e}, test loss {result['test_loss']:.3e} ({result['seconds']:.1f} s)")
-    return result
 
 
 def _print_grid(summary):
@@ -473,37 +472,32 @@ def _print_grid(summary):
         print(f"{n_sam['rho']:>7g} {n_test:>12.3e} {one_test:>12.3e}")
 
 
-def _experiment_main(function, report=None):
-    def main(config):
+def _command(function, report=None):
+    """The command of an experiment: `function(config)`, the files it wrote, `report(result)`, --json."""
+
+    def command(config):
         start = time.perf_counter()
-        summary = function(config)
-        print(f"{summary['experiment']}: wrote {config.out}/{summary['experiment']}.png, .json, .csv "
-              f"in {time.perf_counter() - start:.1f} s")
+        result = function(config)
+        if "experiment" in result:
+            name = result["experiment"]
+            print(f"{name}: wrote {config.out}/{name}.png, .json, .csv in {time.perf_counter() - start:.1f} s")
         if report is not None:
-            report(summary)
-        return summary
-
-    return main
-
-
-def _with_json(main):
-    def run_and_print(config):
-        result = main(config)
+            report(result)
         if config.json:
             outputs.print_json(result)
 
-    return run_and_print
+    return command
 
 
 EXPERIMENTS = {
-    "rho_grid": Experiment(_with_json(_experiment_main(rho_grid, _print_grid)), RhoGridConfig,
+    "rho_grid": Experiment(_command(rho_grid, _print_grid), RhoGridConfig,
                            help="test loss of ERM, n-SAM, 1-SAM over rho -> OUT/rho_grid.{png,json,csv}"),
-    "run": Experiment(_with_json(_main_run), RunConfig, help="one method at one rho (--json: the result)"),
-    "switch": Experiment(_with_json(_experiment_main(switch)), SwitchConfig,
+    "run": Experiment(_command(run, _print_run), RunConfig, help="one method at one rho (--json: the result)"),
+    "switch": Experiment(_command(switch), SwitchConfig, variants={"unnormalized": {"normalize": False, "rho": 0.2}},
                          help="ERM <-> 1-SAM switched after --steps -> OUT/switch.{png,json,csv}"),
-    "interpolation": Experiment(_with_json(_experiment_main(interpolation)), InterpolationConfig,
+    "interpolation": Experiment(_command(interpolation), InterpolationConfig,
                                 help="losses from ERM to ERM -> 1-SAM -> OUT/interpolation.{png,json,csv}"),
-    "implicit_bias": Experiment(_with_json(_experiment_main(implicit_bias_experiment)), ImplicitBiasConfig,
+    "implicit_bias": Experiment(_command(implicit_bias_experiment), ImplicitBiasConfig,
                                 help="effective alpha per method -> OUT/implicit_bias.{png,json,csv}"),
 }
 DEFAULT_EXPERIMENT = "rho_grid"

@@ -278,6 +278,8 @@ def train_small(task, config, p, progress=False, label=""):
     keras.utils.set_random_seed(config.seed)
     per_interval, total = config.total_steps // config.log_points, config.total_steps
     net = task.make_model()
+    # rho = 0: the plain Keras step, as the recipe's numbers were measured (SAMModel's ERM step is the same
+    # step, but rounds differently in the last bit, which large-step SGD can amplify)
     model = SAMModel(net, rho=config.rho, m=1) if config.rho > 0 else net
     model.compile(optimizer=keras.optimizers.SGD(make_schedule(config, p, total), momentum=config.momentum),
                   loss=diag_net.half_squared_error)
@@ -457,16 +459,17 @@ def _main(name, config):
         print(f"results and plots in {config.out}")
 
 
-def _experiment(name, config_class, help_text, **defaults):
+def _experiment(name, config_class, help_text, variants=None, **defaults):
     return Experiment(functools.partial(_main, name), config_class, {"out": f"{OUT}/{name}", **defaults},
-                      help=help_text)
+                      variants or {}, help=help_text)
 
 
 EXPERIMENTS = {
     "diag_nets": _experiment("diag_nets", DiagNetsConfig, "diagonal net, n=80, d=200, r=20"),
     "diag_nets_small": _experiment("diag_nets_small", DiagNetsConfig, "diagonal net, n=40, d=100, r=20", n=40,
                                    d=100),
-    "relu_1d": _experiment("relu_1d", Relu1DConfig, "12-point 1D regression, 1 -> 100 -> 1 ReLU net"),
+    "relu_1d": _experiment("relu_1d", Relu1DConfig, "12-point 1D regression, 1 -> 100 -> 1 ReLU net",
+                           variants={"paper_init": dict(relu_1d.PAPER_INIT)}),
     "teacher_student": _experiment("teacher_student", TeacherStudentConfig,
                                    "3-neuron ReLU teacher, 20-neuron student, n=15, d=2"),
     "resnet18_cifar10": _experiment("resnet18_cifar10", ResNetSparsityConfig,

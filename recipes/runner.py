@@ -3,8 +3,8 @@
 `StepLoop(model, x, y)` trains a compiled Keras model (a `keras_msam.SAMModel` in every recipe; ERM and
 SGD are a SAMModel with SAM off) on data held in memory. One `tf.function` (XLA by default) runs `chunk`
 calls of `model.train_step` in a `tf.while_loop`, so Python is entered once per chunk, where
-`measure(model)` records the curve, not once per step: for the recipes' small models this is ~10x
-faster than `fit` (see docs/performance.md). Each step takes either the full batch or the rows of a
+`measure(model)` records the curve, not once per step: for the recipes' small models this is much
+faster than `fit` (measured in docs/performance.md, `benchmarks/step_loop.py`). Each step takes either the full batch or the rows of a
 precomputed index array (`with_replacement`, `shuffled_epochs`). `model.sam_enabled` is a Python argument
 of the compiled function: SAM on and off are one trace each, and switching between runs costs nothing.
 
