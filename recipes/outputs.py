@@ -53,7 +53,7 @@ def write_csv(path, header, rows):
     """Writes a header and rows to `path`; NumPy numbers become Python numbers, None an empty cell."""
     _parent(path)
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         for row in rows:
             if len(row) != len(header):
