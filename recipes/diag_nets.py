@@ -13,12 +13,8 @@ rho convention (the papers' code, so their rho grids mean the same here):
 Every method is one `SAMModel` (ERM and SGD with SAM switched off) in one `runner.StepLoop`, compiled
 once per method and reused across rhos and restarts (`Trainer`).
 
-Experiments (`msam diag_nets EXPERIMENT`, default rho_grid; each config class holds its defaults):
-    run            one method at one rho (RunConfig)
-    rho_grid       test loss of ERM, n-SAM and 1-SAM over a rho grid (RhoGridConfig)
-    switch         ERM -> 1-SAM and 1-SAM -> ERM after `steps` (SwitchConfig)
-    interpolation  losses along the segment from the ERM to the ERM -> 1-SAM solution (InterpolationConfig)
-    implicit_bias  effective scale alpha of each method's solution (ImplicitBiasConfig)
+Experiments: `EXPERIMENTS` at the end (`msam diag_nets --help`); each has a config class holding its
+defaults (`RunConfig`, `RhoGridConfig`, `SwitchConfig`, `InterpolationConfig`, `ImplicitBiasConfig`).
 """
 
 import dataclasses
