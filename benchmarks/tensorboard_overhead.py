@@ -21,23 +21,13 @@ import tensorflow as tf  # noqa: E402
 
 from keras_msam import SAMModel  # noqa: E402
 from keras_msam.tensorboard import SAMScalars  # noqa: E402
+from recipes.tasks import diag_net  # noqa: E402
 
 
 def diag_net_problem():
-    try:
-        from recipes.diag_nets import make_data, make_model
-    except ImportError:  # the recipe module is not there: the same net, inline
-        make_data = make_model = None
-    if make_data is not None:
-        x, y, *_ = make_data()
-        inner = make_model(np.shape(x)[1], 0.1)
-    else:
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((20, 30))
-        y = x[:, :3].sum(1)
-        inner = keras.Sequential([keras.Input((30,)), keras.layers.Dense(1, use_bias=False)])
+    x, y, *_ = diag_net.make_data()
     x, y = np.asarray(x, "float32"), np.asarray(y, "float32").reshape(-1, 1)
-    return SAMModel(inner, rho=0.05, m=1), x, y, len(x)
+    return SAMModel(diag_net.make_model(x.shape[1], 0.1), rho=0.05, m=1), x, y, len(x)
 
 
 def mlp_problem():

@@ -9,7 +9,7 @@
 - `with_hparams(TunerClass)`: a tuner that gives these callbacks (and Keras' `TensorBoard`) one log
   directory per trial and writes the trial's hyperparameters for TensorBoard's HParams dashboard.
 
-Open with `tensorboard --logdir LOG_DIR`; see the README section "TensorBoard" for what each scalar means.
+Open with `tensorboard --logdir LOG_DIR`; docs/tools.md ("TensorBoard") says what each scalar means.
 """
 
 import copy

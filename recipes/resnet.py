@@ -1,21 +1,18 @@
 """PreAct ResNets on CIFAR-10 / CIFAR-100 with m-SAM: the deep-net experiments of the m-SAM papers.
 
-    python -m recipes.resnet --dataset cifar10 --model resnet18 --rho 0.1 --m 16 --epochs 200 \
+    msam resnet --dataset cifar10 --model resnet18 --rho 0.1 --m 16 --epochs 200 \
         --batch-size 128 --lr 0.1 --wd 5e-4 --schedule piecewise --out runs/c10_m16
 
-This module is a configuration: it wires the library (`keras_msam.SAMModel`, `keras_msam.models`,
-`keras_msam.schedules`, `keras_msam.callbacks`, `recipes.cifar`) into one `model.fit` call with
-callbacks. Defaults are the papers' settings (see `shared/reference/experiments.md`, "Deep nets").
+A config (`ResNetConfig`, whose defaults are the papers' settings) over the library
+(`keras_msam.SAMModel`, `keras_msam.models`, `keras_msam.schedules`, `keras_msam.callbacks`), the data
+of `recipes.tasks.images` and `runner.fit_dataset`: one `model.fit` with the standard callbacks.
 
-Outputs in --out: `backup/` (BackupAndRestore: a killed run restarted with the same command resumes at
-the epoch after the last completed one), `tensorboard/`, `history.csv` (one row per epoch),
-`final.weights.h5` (the network's weights, e.g. for `keras_msam.interpolation`) and `results.json`.
+Outputs in --out: `backup/` (a killed run restarted with the same command resumes at the epoch after the
+last completed one), `tensorboard/`, `history.csv` (one row per epoch), `final.weights.h5` (the
+network's weights, e.g. for `keras_msam.interpolation`) and `results.json`.
 """
 
-import argparse
-import csv
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -26,9 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_msam import SAMModel, schedules
-from keras_msam.callbacks import LearningRateLogger, RhoSchedule, SAMWindow
+from keras_msam.callbacks import RhoSchedule, SAMWindow
 from keras_msam.models import REGISTRY, get_model
-from recipes import cifar
+from keras_msam.tuning import per_replica_batch
+from recipes import config as config_lib
+from recipes import outputs, runner
+from recipes.config import Experiment, checking_settings, setting
+from recipes.tasks import images
 
 SCHEDULES = ("piecewise", "cosine", "cyclic", "constant", "largestep")
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -39,65 +40,75 @@ class ResNetConfig:
     """Every setting of a run; the defaults are the papers' (ResNet-18, CIFAR-10, 200 epochs)."""
 
     # data
-    dataset: str = "cifar10"
-    data_dir: Optional[str] = None
-    download: bool = True
-    val_fraction: float = 0.1  # 45k / 5k
-    augment: bool = True
-    label_noise: float = 0.0
-    noise_type: str = "symmetric"
-    noise_seed: int = 0
-    synthetic_size: tuple = (1024, 256)
+    dataset: str = setting("cifar10", "TFDS dataset, or synthetic random data", choices=images.DATASETS)
+    data_dir: Optional[str] = setting(None, "TFDS data directory (default: TFDS's own)")
+    download: bool = setting(True, "download missing TFDS data (--no-download: fail instead)")
+    val_fraction: float = setting(0.1, "held-out last part of the train split (0.1: 45k / 5k)")
+    augment: bool = setting(True, "random crop of the 4-pixel zero-padded image + horizontal flip")
+    label_noise: float = setting(0.0, "fraction of training labels flipped")
+    noise_type: str = setting("symmetric", "how labels are flipped", choices=images.NOISE_TYPES)
+    noise_seed: int = setting(0, "seed of the label noise")
+    synthetic_size: tuple[int, int] = setting((1024, 256), "synthetic: train + validation, test examples",
+                                              metavar=("TRAIN", "TEST"))
     # model
-    model: str = "resnet18"
-    width: Optional[int] = None  # None: the model's default (64; 8 for "tiny")
-    norm: str = "batch"
+    model: str = setting("resnet18", "network", choices=tuple(sorted(REGISTRY)))
+    width: Optional[int] = setting(None, "channels of the first stage (default: the model's, 64; 8 for tiny)")
+    norm: str = setting("batch", "normalisation layers", choices=("batch", "group"))
     # m-SAM
-    rho: float = 0.1
-    m: Optional[int] = None  # per replica; None: the whole per-replica batch
-    normalize: bool = True
-    ascent_steps: int = 1
-    step_mult: float = 1.0
-    bn_in_ascent: str = "batch"
-    shards_per_pass: Optional[int] = None
-    sam_window: tuple = (0.0, 1.0)
-    rho_follows_lr: bool = False
+    rho: float = setting(0.1, "radius of the ascent")
+    m: Optional[int] = setting(None, "examples per SAM shard, per replica (default: the per-replica batch)")
+    normalize: bool = setting(True, "normalized ascent rho g / ||g|| (--no-normalize: rho g)")
+    ascent_steps: int = setting(1, "ascent steps")
+    step_mult: float = setting(1.0, "ascent step size as a multiple of rho")
+    bn_in_ascent: str = setting("batch", "BatchNorm in the ascent: batch statistics or frozen (inference mode)",
+                                choices=("batch", "frozen"))
+    shards_per_pass: Optional[int] = setting(None, "shards vectorized together (default: all in one pass)")
+    sam_window: tuple[float, float] = setting((0.0, 1.0), "fractions of the epochs with SAM on (0.9 1.0: "
+                                                          "ERM -> SAM; 0 0: ERM only)", metavar=("START", "END"))
+    rho_follows_lr: bool = setting(False, "rho scaled like the learning rate, per epoch")
     # optimisation
-    epochs: int = 200
-    batch_size: int = 128  # global
-    lr: float = 0.1
-    momentum: float = 0.9
-    wd: float = 5e-4
-    schedule: str = "piecewise"
-    decay_at: float = 0.5  # largestep only
-    warmup: bool = False  # largestep only
-    steps_per_epoch: Optional[int] = None  # cap; None: all full batches of the training set
+    epochs: int = setting(200, "epochs")
+    batch_size: int = setting(128, "global batch size")
+    lr: float = setting(0.1, "learning rate (peak)")
+    momentum: float = setting(0.9, "SGD momentum")
+    wd: float = setting(5e-4, "lambda of the 0.5 lambda ||w||^2 penalty on all weights")
+    schedule: str = setting("piecewise", "learning-rate schedule", choices=SCHEDULES)
+    decay_at: float = setting(0.5, "largestep: end of the large-step phase")
+    warmup: bool = setting(False, "largestep: exponential warm-up")
+    steps_per_epoch: Optional[int] = setting(None, "cap on steps per epoch (default: all full batches)")
     # run
-    strategy: str = "default"
-    jit: Optional[bool] = None  # None: on when a GPU is present
-    out: str = "runs/resnet"
-    seed: int = 0
-    eval_batch_size: int = 500
-    sharpness_m: int = 0  # > 0: evaluate the m-sharpness of the final model (256 points, rho = --rho)
-    verbose: int = 2
+    strategy: str = setting("default", "mirrored: all GPUs (all logical CPUs without GPU); multiworker: TF_CONFIG",
+                            choices=STRATEGIES)
+    jit: Optional[bool] = setting(None, "XLA compilation of the step (default: on with a GPU)")
+    out: str = setting("runs/resnet", "output directory (backup, TensorBoard, history, results)")
+    seed: int = setting(0, "seed")
+    eval_batch_size: int = setting(500, "batch size of the final evaluation")
+    sharpness_m: int = setting(0, "> 0: m-sharpness of the final model on 256 training points with this m")
+    verbose: int = setting(2, "fit verbosity", choices=(0, 1, 2))
+
+    def __post_init__(self):
+        self.check()
 
     def check(self):
         if self.model not in REGISTRY:
             raise ValueError(f"--model {self.model!r} is unknown; valid names: {sorted(REGISTRY)}.")
-        if self.dataset not in cifar.DATASETS:
-            raise ValueError(f"--dataset {self.dataset!r} is unknown; valid names: {list(cifar.DATASETS)}.")
+        if self.dataset not in images.DATASETS:
+            raise ValueError(f"--dataset {self.dataset!r} is unknown; valid names: {list(images.DATASETS)}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule {self.schedule!r} is unknown; valid names: {list(SCHEDULES)}.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy {self.strategy!r} is unknown; valid names: {list(STRATEGIES)}.")
-        if self.noise_type not in cifar.NOISE_TYPES:
-            raise ValueError(f"--noise-type {self.noise_type!r} is unknown; valid: {list(cifar.NOISE_TYPES)}.")
+        if self.noise_type not in images.NOISE_TYPES:
+            raise ValueError(f"--noise-type {self.noise_type!r} is unknown; valid: {list(images.NOISE_TYPES)}.")
         if not 0.0 <= self.label_noise <= 1.0:
             raise ValueError(f"--label-noise must be a fraction in [0, 1]; got {self.label_noise}.")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1; got {self.epochs}.")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1; got {self.batch_size}.")
+        if self.m is not None and not 1 <= self.m <= self.batch_size:
+            raise ValueError(f"--m {self.m} must be in [1, {self.batch_size}] (--batch-size; m is per replica); "
+                             "lower --m or raise --batch-size.")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"--steps-per-epoch must be >= 1 (or omitted for full epochs); got {self.steps_per_epoch}.")
         start, end = self.sam_window
@@ -151,12 +162,7 @@ def output_dir(config, strategy):
 
 def per_replica_m(config, replicas):
     """(per-replica batch, m) after checking that they fit together."""
-    if config.batch_size % replicas:
-        raise ValueError(
-            f"--batch-size {config.batch_size} (global) is not divisible by the {replicas} replicas; "
-            f"use a multiple of {replicas}."
-        )
-    per_replica = config.batch_size // replicas
+    per_replica = per_replica_batch(config.batch_size, replicas)
     m = per_replica if config.m is None else config.m
     if m < 1 or m > per_replica:
         raise ValueError(
@@ -166,26 +172,9 @@ def per_replica_m(config, replicas):
     return per_replica, m
 
 
-# SAMModel's step statistics also appear (as zeros) among Keras' validation logs: not kept.
-_EVAL_ONLY_NOISE = {"val_" + name for name in ("sam_loss", "sharpness", "grad_norm", "eps_norm", "rho")}
-
-
-def _read_history(path):
-    """history.csv -> list of per-epoch dicts (a row repeated by a resumed run keeps its last copy)."""
-    if not os.path.exists(path):
-        return []
-    rows = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            epoch = int(row.pop("epoch"))
-            values = {k: float(v) for k, v in row.items() if v not in ("", "NA", None) and k not in _EVAL_ONLY_NOISE}
-            rows[epoch] = {"epoch": epoch + 1, **values}
-    return [rows[e] for e in sorted(rows)]
-
-
 def _errors(model, x, y, batch_size):
     """(cross-entropy per example, wrong per example) of the model's predictions on uint8 images x."""
-    logits = model.predict(cifar.eval_dataset(x, y, batch_size), verbose=0)
+    logits = model.predict(images.eval_dataset(x, y, batch_size), verbose=0)
     losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
     return np.asarray(losses, dtype=np.float64), np.argmax(logits, axis=-1) != y
 
@@ -217,85 +206,65 @@ def evaluate(model, data, batch_size):
 def train(config, callbacks=()):
     """Trains as configured and returns the results dict (also written to `out/results.json`).
 
-    `callbacks` are appended after the recipe's own (SAMWindow, CSVLogger, TensorBoard,
-    BackupAndRestore), so they see each epoch after it has been backed up.
+    A bad setting found while setting up (e.g. an m that does not fit the per-replica batch) raises
+    `config.SettingError`. `callbacks` are appended after the standard ones of `runner.fit_dataset`, so
+    they see each epoch after it has been backed up.
     """
-    config.check()
     started = time.time()
     keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(config.strategy)
+    with checking_settings():
+        config.check()
+        strategy = make_strategy(config.strategy)
+        replicas = strategy.num_replicas_in_sync
+        per_replica, m = per_replica_m(config, replicas)
     out = output_dir(config, strategy)
     os.makedirs(out, exist_ok=True)
-    replicas = strategy.num_replicas_in_sync
-    per_replica, m = per_replica_m(config, replicas)
     jit = bool(tf.config.list_physical_devices("GPU")) if config.jit is None else config.jit
     print(
         f"m={m} per replica x {replicas} replica{'s' if replicas > 1 else ''}, global batch {config.batch_size} "
         f"({per_replica // m} shard{'s' if per_replica // m > 1 else ''} of m per replica), jit_compile={jit}"
     )
 
-    data = cifar.load(
-        config.dataset, config.data_dir, config.val_fraction, config.download, tuple(config.synthetic_size), config.seed
-    )
-    if config.label_noise > 0:
-        data = data.with_label_noise(config.label_noise, config.noise_type, config.noise_seed)
-    print(data.summary())
-    full_steps = len(data.y_train) // config.batch_size
-    if full_steps < 1:
-        raise ValueError(
-            f"--batch-size {config.batch_size} is larger than the {len(data.y_train)} training examples; lower it."
-        )
-    steps = full_steps if config.steps_per_epoch is None else min(config.steps_per_epoch, full_steps)
-    total_steps = config.epochs * steps
-    train_ds = cifar.train_dataset(data.x_train, data.y_train, config.batch_size, config.augment, seed=config.seed)
-    val_ds = cifar.eval_dataset(data.x_val, data.y_val, config.eval_batch_size) if len(data.y_val) else None
+    with checking_settings():
+        data = images.load(config.dataset, config.data_dir, config.val_fraction, config.download,
+                           tuple(config.synthetic_size), config.seed)
+        if config.label_noise > 0:
+            data = data.with_label_noise(config.label_noise, config.noise_type, config.noise_seed)
+        print(data.summary())
+        full_steps = len(data.y_train) // config.batch_size
+        if full_steps < 1:
+            raise ValueError(
+                f"--batch-size {config.batch_size} is larger than the {len(data.y_train)} training examples; lower it."
+            )
+        steps = full_steps if config.steps_per_epoch is None else min(config.steps_per_epoch, full_steps)
+        total_steps = config.epochs * steps
+        train_ds = images.train_dataset(data.x_train, data.y_train, config.batch_size, config.augment,
+                                        seed=config.seed)
+        val_ds = images.eval_dataset(data.x_val, data.y_val, config.eval_batch_size) if len(data.y_val) else None
 
-    window = SAMWindow(*config.sam_window, epochs=config.epochs)
-    with strategy.scope():
-        net = get_model(config.model, data.num_classes, config.width, config.norm, weight_decay=config.wd)
-        model = SAMModel(
-            net,
-            rho=config.rho,
-            m=m,
-            normalize=config.normalize,
-            ascent_steps=config.ascent_steps,
-            step_mult=config.step_mult,
-            bn_in_ascent=config.bn_in_ascent,
-            shards_per_pass=config.shards_per_pass,
-            sam_enabled=window.active(0),
-        )
-        lr_schedule = make_schedule(config, total_steps)
-        model.compile(
-            optimizer=keras.optimizers.SGD(lr_schedule, momentum=config.momentum),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=jit,
-        )
+        window = SAMWindow(*config.sam_window, epochs=config.epochs)
+        with strategy.scope():
+            net = get_model(config.model, data.num_classes, config.width, config.norm, weight_decay=config.wd)
+            model = SAMModel(net, rho=config.rho, m=m, normalize=config.normalize, ascent_steps=config.ascent_steps,
+                             step_mult=config.step_mult, bn_in_ascent=config.bn_in_ascent,
+                             shards_per_pass=config.shards_per_pass, sam_enabled=window.active(0))
+            lr_schedule = make_schedule(config, total_steps)
+            model.compile(
+                optimizer=keras.optimizers.SGD(lr_schedule, momentum=config.momentum),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                jit_compile=jit,
+            )
 
-    recipe_callbacks = [window]
+    schedule_callbacks = [window]
     if config.rho_follows_lr:
-        recipe_callbacks.append(
-            RhoSchedule(lambda epoch: config.rho * float(lr_schedule(epoch * steps)) / config.lr)
-        )
-    recipe_callbacks += [
-        LearningRateLogger(),
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), profile_batch=0),
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
-    ]
-    model.fit(
-        train_ds,
-        epochs=config.epochs,
-        steps_per_epoch=steps,
-        validation_data=val_ds,
-        callbacks=recipe_callbacks + list(callbacks),
-        shuffle=False,  # the tf.data pipeline shuffles
-        verbose=config.verbose,
-    )
+        schedule_callbacks.append(RhoSchedule(lambda epoch: config.rho * float(lr_schedule(epoch * steps)) / config.lr))
+    history = runner.fit_dataset(model, train_ds, config.epochs, steps, out, validation_data=val_ds,
+                                 schedule_callbacks=schedule_callbacks, callbacks=callbacks, verbose=config.verbose)
     net.save_weights(os.path.join(out, "final.weights.h5"))
 
     results = {
-        "config": dataclasses.asdict(config),
+        "config": config_lib.to_dict(config),
         "replicas": replicas,
         "m_per_replica": m,
         "global_batch": config.batch_size,
@@ -311,103 +280,34 @@ def train(config, callbacks=()):
         points = min(256, len(data.y_train))
         results["m_sharpness"] = m_sharpness(
             net,
-            cifar.to_unit_range(data.x_train[:points]).numpy(),
+            images.to_unit_range(data.x_train[:points]).numpy(),
             data.y_train[:points],
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             rho=config.rho,
             m=min(config.sharpness_m, points),
             n=points,
         )["sharpness"]
-    results["history"] = _read_history(os.path.join(out, "history.csv"))
+    results["history"] = history
     results["wall_time_s"] = time.time() - started
-    with open(os.path.join(out, "results.json"), "w") as handle:
-        json.dump(results, handle, indent=2, default=float)
+    outputs.write_json(os.path.join(out, "results.json"), results, indent=2)
     return results
 
 
-# --------------------------------------------------------------------------- CLI
-def build_parser():
-    d = ResNetConfig()
-    p = argparse.ArgumentParser(
-        prog="msam-train resnet", description="PreAct ResNet on CIFAR with m-SAM (the papers' deep-net experiments)."
-    )
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, choices=cifar.DATASETS, help="TFDS dataset, or synthetic random data")
-    g.add_argument("--data-dir", default=d.data_dir, help="TFDS data directory (default: TFDS's own)")
-    g.add_argument("--no-download", dest="download", action="store_false", help="fail instead of downloading missing data")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out part of the train split (0.1: 45k/5k)")
-    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
-    g.add_argument("--label-noise", type=float, default=d.label_noise, help="fraction of training labels flipped")
-    g.add_argument("--noise-type", default=d.noise_type, choices=cifar.NOISE_TYPES)
-    g.add_argument("--noise-seed", type=int, default=d.noise_seed)
-    g.add_argument("--synthetic-size", type=int, nargs=2, default=d.synthetic_size, metavar=("TRAIN", "TEST"))
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, choices=sorted(REGISTRY))
-    g.add_argument("--width", type=int, default=d.width, help="channels of the first stage (default: model's, 64)")
-    g.add_argument("--norm", default=d.norm, choices=("batch", "group"))
-    g = p.add_argument_group("m-SAM")
-    g.add_argument("--rho", type=float, default=d.rho, help="radius of the ascent")
-    g.add_argument("--m", type=int, default=d.m, help="examples per SAM shard, per replica (default: per-replica batch)")
-    g.add_argument("--no-normalize", dest="normalize", action="store_false", help="unnormalized ascent eps = rho * g")
-    g.add_argument("--ascent-steps", type=int, default=d.ascent_steps)
-    g.add_argument("--step-mult", type=float, default=d.step_mult, help="ascent step size as a multiple of rho")
-    g.add_argument("--bn-in-ascent", default=d.bn_in_ascent, choices=("batch", "frozen"))
-    g.add_argument("--shards-per-pass", type=int, default=d.shards_per_pass)
-    g.add_argument(
-        "--sam-window", type=float, nargs=2, default=d.sam_window, metavar=("START", "END"),
-        help="fractions of the epochs with SAM on (0.9 1.0: ERM->SAM; 0 0: ERM only)",
-    )
-    g.add_argument("--rho-follows-lr", action="store_true", help="rho scaled like the learning rate, per epoch")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--wd", type=float, default=d.wd, help="lambda of the 0.5 * lambda * ||w||^2 penalty (all weights)")
-    g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    g.add_argument("--decay-at", type=float, default=d.decay_at, help="largestep: end of the large-step phase")
-    g.add_argument("--warmup", action="store_true", help="largestep: exponential warm-up")
-    g.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch, help="cap on steps per epoch")
-    g = p.add_argument_group("run")
-    g.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
-    g.add_argument("--jit", action=argparse.BooleanOptionalAction, default=d.jit, help="XLA (default: on with a GPU)")
-    g.add_argument("--out", default=d.out, help="output directory (backup, TensorBoard, history, results)")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    g.add_argument("--sharpness-m", type=int, default=d.sharpness_m, help="> 0: m-sharpness of the final model")
-    g.add_argument("--verbose", type=int, default=d.verbose, choices=(0, 1, 2))
-    return p
-
-
-def parse_config(argv=None):
-    args = build_parser().parse_args(argv)
-    values = vars(args)
-    values["sam_window"] = tuple(values["sam_window"])
-    values["synthetic_size"] = tuple(values["synthetic_size"])
-    return ResNetConfig(**values).check()
-
-
-def main(argv=None):
-    try:
-        config = parse_config(argv)
-    except ValueError as error:
-        build_parser().error(str(error))
-    try:
-        results = train(config)
-    except cifar.DatasetUnavailableError as error:
-        print(f"msam-train resnet: {error}", file=sys.stderr)
-        return 1
+def _main(config):
+    results = train(config)
+    noisy = results.get("train_error_noisy") is not None
     print(
         f"test error {results['test_error']:.4f}, train error {results['train_error']:.4f}"
-        + (
-            f" (clean labels {results['train_error_clean']:.4f}, noisy labels {results['train_error_noisy']:.4f})"
-            if results.get("train_error_noisy") is not None
-            else ""
-        )
+        + (f" (clean labels {results['train_error_clean']:.4f}, noisy labels {results['train_error_noisy']:.4f})"
+           if noisy else "")
         + f"; results in {os.path.join(config.out, 'results.json')}"
     )
-    return 0
 
+
+EXPERIMENTS = {"train": Experiment(_main, ResNetConfig, help="one training run -> OUT/{results.json,history.csv,...}")}
+DEFAULT_EXPERIMENT = "train"
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from recipes import cli
+
+    sys.exit(cli.main(["resnet", *sys.argv[1:]]))

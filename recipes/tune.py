@@ -1,173 +1,54 @@
-"""`msam-tune RECIPE`: search SAM's rho and m (and the learning rate) on one of the recipes with KerasTuner.
+"""`msam tune TASK`: search SAM's rho and m (and the learning rate) with KerasTuner on one of the tasks.
 
-    python -m keras_msam.tune_cli diag_nets --tuner random --max-trials 20 --directory tune_runs
-    python -m recipes.tune teacher_student --tuner hyperband --max-epochs 9 --tensorboard
+    msam tune diag_nets --tuner random --max-trials 20 --directory tune_runs
+    msam tune teacher_student --tuner hyperband --max-epochs 9 --tensorboard
 
-Writes the tuner's directory DIR/PROJECT (PROJECT defaults to the recipe name), and there
-summary.csv / summary.md: one row per trial, best first (trial_id, method, rho, m, lr, objective);
-the table is also printed. With --tensorboard, DIR/PROJECT/tensorboard holds one run per trial
-(SAM scalars every --log-every steps, Keras' epoch metrics in its train/ and validation/ runs, HParams
-session): `tensorboard --logdir DIR/PROJECT/tensorboard`.
+Writes the tuner's directory DIR/PROJECT (PROJECT defaults to the task name), and there summary.csv and
+summary.md: one row per trial, best first (trial_id, method, rho, m, lr, objective); the table is also
+printed. With --tensorboard, DIR/PROJECT/tensorboard holds one run per trial (SAM scalars every
+--log-every steps, Keras' epoch metrics in its train/ and validation/ runs, HParams session):
+`tensorboard --logdir DIR/PROJECT/tensorboard`.
 
-Recipes (all offline unless noted):
-- diag_nets: the papers' diagonal linear network f(x) = <x, u*v> (`recipes.diag_nets`: n=20, d=30,
-  r=3, alpha=0.1), loss ||X(u*v) - y||^2 / (2n), full-batch steps, unnormalized ascent as in the
-  papers' code; objective on the 1000 test points (the papers' "test loss"). rho is SAMModel's: for
-  m=1 it is twice the papers' 1-SAM rho (see recipes/diag_nets.py).
-- teacher_student: 2-layer ReLU student (20 units) fitting a 3-neuron teacher from n=15 points in d=2.
+Tasks (the experiments; all offline unless noted):
+- diag_nets: the papers' diagonal linear network (`recipes.tasks.diag_net`: n=20, d=30, r=3,
+  alpha=0.1), loss ||X(u*v) - y||^2 / (2n), full-batch steps, unnormalized ascent as in the papers'
+  code; objective on the 1000 test points (the papers' "test loss"). rho is SAMModel's: for m=1 it is
+  twice the papers' 1-SAM rho (see recipes/diag_nets.py).
+- teacher_student: a two-layer ReLU student (20 units, Keras' init) fitting the "signed" teacher of
+  `recipes.tasks.teacher_student` (3 neurons with +-1 output weights) from n=15 points in d=2.
 - cifar10 / cifar100 / cifar_synthetic: PreAct ResNet-18 (`--model`) on CIFAR through TFDS (downloads
   unless already prepared); cifar_synthetic is random CIFAR-shaped data with the tiny model, offline.
 """
 
 import argparse
-import csv
 import dataclasses
+import functools
 import os
 import sys
+from typing import Optional
 
 import numpy as np
 
-OBJECTIVE_DIRECTIONS = ("min", "max")
+from recipes import outputs
+from recipes.config import Experiment, checking_settings, setting
+from recipes.tasks import diag_net, teacher_student, two_layer_relu
+
 SUMMARY_COLUMNS = ("trial_id", "method", "rho", "m", "lr", "objective")
 
 
-@dataclasses.dataclass
-class Task:
-    """What a recipe gives the tuner: a model builder, fit arguments and the hypermodel defaults."""
-
-    build_model: object  # () -> uncompiled inner Keras model
-    fit_kwargs: dict  # x (and y), validation_data, steps_per_epoch, ...
-    batch_size: int
-    loss: object = "mse"
-    metrics: list = None
-    rho_range: tuple = (1e-3, 1.0)
-    lr_range: tuple = (1e-3, 1e-1)
-    momentum: float = 0.0
-    sam_kwargs: dict = None
-
-
-def half_mse(y_true, y_pred):
-    """||f - y||^2 / (2 n): the papers' regression loss (half Keras' mean squared error)."""
-    import keras
-
-    return 0.5 * keras.ops.mean(keras.ops.square(y_pred - y_true), axis=-1)
-
-
-# ----------------------------------------------------------------------------------- recipes
-def _repeated(x, y, batch_size):
-    import tensorflow as tf
-
-    return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch_size, drop_remainder=True)
-
-
-def diag_nets(args):
-    from recipes import diag_nets as dn
-
-    x, y, x_test, y_test, _ = dn.make_data(n=args.n or 20, seed=args.seed)
-    x, x_test = np.asarray(x, "float32"), np.asarray(x_test, "float32")
-    y, y_test = np.asarray(y, "float32").reshape(-1, 1), np.asarray(y_test, "float32").reshape(-1, 1)
-    batch = args.batch_size or len(x)  # the papers: full-batch (S)GD and SAM
-    return Task(
-        build_model=lambda: dn.make_model(x.shape[1], args.alpha),
-        fit_kwargs={
-            "x": _repeated(x, y, batch),
-            "validation_data": (x_test, y_test),
-            "steps_per_epoch": args.steps_per_epoch,
-        },
-        batch_size=batch,
-        loss=dn.half_squared_error,
-        rho_range=(1e-3, 1.0),
-        lr_range=(1.0 / 30, 15.0 / 30),  # gamma = c / d, c in [1, 15]
-        sam_kwargs={"normalize": False},
-    )
-
-
-def teacher_student(args):
-    import keras
-
-    rng = np.random.default_rng(args.seed)
-    d, n, teacher_units, student_units = 2, args.n or 15, 3, 20
-    w_teacher = rng.standard_normal((d, teacher_units))
-    a_teacher = rng.choice([-1.0, 1.0], teacher_units)
-
-    def teacher(x):
-        return (np.maximum(x @ w_teacher, 0.0) @ a_teacher)[:, None].astype("float32")
-
-    x = rng.standard_normal((n, d)).astype("float32")
-    x_test = rng.standard_normal((1000, d)).astype("float32")
-    batch = args.batch_size or n
-
-    def build_model():
-        return keras.Sequential(
-            [keras.Input((d,)), keras.layers.Dense(student_units, "relu"), keras.layers.Dense(1, use_bias=False)]
-        )
-
-    return Task(
-        build_model=build_model,
-        fit_kwargs={
-            "x": _repeated(x, teacher(x), batch),
-            "validation_data": (x_test, teacher(x_test)),
-            "steps_per_epoch": args.steps_per_epoch,
-        },
-        batch_size=batch,
-        loss=half_mse,
-        lr_range=(1e-3, 0.3),
-    )
-
-
-def _cifar(name):
-    def recipe(args):
-        import keras
-
-        from keras_msam.models.preact_resnet import get_model
-        from recipes import cifar
-
-        data = cifar.load(name)
-        batch = args.batch_size or 128
-        model_name = args.model or ("tiny" if name == "synthetic" else "resnet18")
-        return Task(
-            build_model=lambda: get_model(model_name, num_classes=data.num_classes, weight_decay=5e-4),
-            fit_kwargs={
-                "x": cifar.train_dataset(data.x_train, data.y_train, batch),
-                "validation_data": cifar.eval_dataset(data.x_val, data.y_val, batch),
-                "steps_per_epoch": args.steps_per_epoch or max(1, len(data.x_train) // batch),
-            },
-            batch_size=batch,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            rho_range=(0.01, 0.5),
-            lr_range=(0.01, 0.3),
-            momentum=0.9,
-        )
-
-    return recipe
-
-
-RECIPES = {
-    "diag_nets": diag_nets,
-    "teacher_student": teacher_student,
-    "cifar10": _cifar("cifar10"),
-    "cifar100": _cifar("cifar100"),
-    "cifar_synthetic": _cifar("synthetic"),
-}
-
-
-def get_recipe(name):
-    """The recipe function `args -> Task` called `name`."""
-    if name not in RECIPES:
-        raise ValueError(f"Unknown recipe {name!r}; valid recipes: {', '.join(sorted(RECIPES))}.")
-    return RECIPES[name]
-
-
-# ----------------------------------------------------------------------------------- CLI
-def _positive_floats(text):
-    values = [float(v) for v in text.split(",")]
+def _range(text):
+    """LOW,HIGH (searched log-uniformly) or VALUE (fixed), positive numbers."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
     if len(values) not in (1, 2) or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH or VALUE (positive numbers); got {text!r}")
     return tuple(values) if len(values) == 2 else values[0]
 
 
 def _m_choices(text):
+    """ "divisors" or a comma-separated list of ints."""
     if text == "divisors":
         return text
     try:
@@ -176,44 +57,159 @@ def _m_choices(text):
         raise argparse.ArgumentTypeError(f'expected "divisors" or a comma-separated list of ints; got {text!r}')
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="msam-tune", description="KerasTuner search over SAM's rho and m (and the learning rate) on a recipe."
+@dataclasses.dataclass
+class TuneConfig:
+    tuner: str = setting("random", "search algorithm", choices=("random", "bayesian", "hyperband"))
+    max_trials: int = setting(10, "trials (random, bayesian)")
+    max_epochs: Optional[int] = setting(None, "hyperband's longest run (default: --epochs)")
+    objective: str = setting("val_loss", "metric of the fit logs to optimize")
+    direction: Optional[str] = setting(None, "min or max (default: KerasTuner's guess)", choices=("min", "max"))
+    directory: str = setting("tune_runs", "where the tuner writes (DIR/PROJECT)")
+    project_name: Optional[str] = setting(None, "PROJECT (default: the task name)")
+    epochs: int = setting(10, "epochs per trial")
+    steps_per_epoch: int = setting(100, "steps per epoch")
+    batch_size: Optional[int] = setting(None, "global batch (default: the task's: all n examples for diag_nets "
+                                              "and teacher_student, 128 for the images)")
+    rho: object = setting((1e-3, 1.0), "rho: LOW,HIGH (log scale) or a fixed value", type=_range)
+    lr: object = setting((1e-3, 1e-1), "learning rate: LOW,HIGH (log scale) or a fixed value", type=_range)
+    m: object = setting("divisors", '"divisors" (of the per-replica batch) or e.g. 1,2,4', type=_m_choices)
+    erm: bool = setting(True, "also try plain ERM (--no-erm: do not)")
+    nsam: bool = setting(True, "also try n-SAM, m = the per-replica batch (--no-nsam: do not)")
+    n: Optional[int] = setting(None, "training examples of diag_nets / teacher_student (default: 20 / 15)")
+    alpha: float = setting(0.1, "diag_nets init scale")
+    model: Optional[str] = setting(None, "images: model name of keras_msam.models (default: resnet18, tiny for "
+                                         "cifar_synthetic)")
+    seed: int = setting(0, "seed of the data and the tuner")
+    tensorboard: bool = setting(False, "log SAM scalars and HParams per trial")
+    log_every: int = setting(10, "--tensorboard: steps between scalar writes")
+    overwrite: bool = setting(False, "start afresh instead of resuming DIR/PROJECT")
+    verbose: int = setting(0, "fit verbosity", choices=(0, 1, 2))
+
+
+@dataclasses.dataclass
+class Task:
+    """What a task gives the tuner: a model builder, fit arguments and the hypermodel's settings."""
+
+    build_model: object  # () -> uncompiled inner Keras model
+    fit_kwargs: dict  # x (and y), validation_data, steps_per_epoch, ...
+    batch_size: int
+    loss: object = "mse"
+    metrics: list = None
+    momentum: float = 0.0
+    sam_kwargs: dict = None
+
+
+# ----------------------------------------------------------------------------------- tasks
+def _repeated(x, y, batch_size):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch_size, drop_remainder=True)
+
+
+def diag_nets_task(config):
+    x, y, x_test, y_test, _ = diag_net.make_data(n=config.n or 20, seed=config.seed)
+    x, x_test = np.asarray(x, "float32"), np.asarray(x_test, "float32")
+    y, y_test = np.asarray(y, "float32").reshape(-1, 1), np.asarray(y_test, "float32").reshape(-1, 1)
+    batch = config.batch_size or len(x)  # the papers: full-batch (S)GD and SAM
+    return Task(
+        build_model=lambda: diag_net.make_model(x.shape[1], config.alpha),
+        fit_kwargs={"x": _repeated(x, y, batch), "validation_data": (x_test, y_test),
+                    "steps_per_epoch": config.steps_per_epoch},
+        batch_size=batch,
+        loss=diag_net.half_squared_error,
+        sam_kwargs={"normalize": False},
     )
-    parser.add_argument("recipe", help=f"one of: {', '.join(sorted(RECIPES))}")
-    parser.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
-    parser.add_argument("--max-trials", type=int, default=10, help="trials (random, bayesian)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="hyperband's longest run (default --epochs)")
-    parser.add_argument("--objective", default="val_loss", help="metric of the fit logs to optimize")
-    parser.add_argument("--direction", choices=OBJECTIVE_DIRECTIONS, default=None, help="default: KerasTuner's guess")
-    parser.add_argument("--directory", default="tune_runs", help="where the tuner writes (DIR/PROJECT)")
-    parser.add_argument("--project-name", default=None, help="default: the recipe name")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--steps-per-epoch", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the recipe's)")
-    parser.add_argument("--rho", type=_positive_floats, default=None, help="LOW,HIGH (log scale) or a fixed value")
-    parser.add_argument("--lr", type=_positive_floats, default=None, help="LOW,HIGH (log scale) or a fixed value")
-    parser.add_argument("--m", type=_m_choices, default="divisors", help='"divisors" or e.g. 1,2,4 (per replica)')
-    parser.add_argument("--no-erm", action="store_true", help="do not try plain ERM")
-    parser.add_argument("--no-nsam", action="store_true", help="do not try n-SAM (m = the per-replica batch)")
-    parser.add_argument("--n", type=int, default=None, help="training examples of diag_nets / teacher_student")
-    parser.add_argument("--alpha", type=float, default=0.1, help="diag_nets init scale")
-    parser.add_argument("--model", default=None, help="cifar: model name of keras_msam.models.preact_resnet")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tensorboard", action="store_true", help="log SAM scalars and HParams per trial")
-    parser.add_argument("--log-every", type=int, default=10, help="--tensorboard: steps between scalar writes")
-    parser.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming DIR/PROJECT")
-    parser.add_argument("--verbose", type=int, default=0, help="fit verbosity")
-    return parser
+
+
+def teacher_student_task(config):
+    d, width = 2, 20
+    x, y, x_test, y_test = teacher_student.make_data(config.n or 15, d, 3, 1000, config.seed, teacher="signed")
+    batch = config.batch_size or len(x)
+    return Task(
+        build_model=lambda: two_layer_relu.make_model(d, width),
+        fit_kwargs={"x": _repeated(x, y[:, None], batch), "validation_data": (x_test, y_test[:, None]),
+                    "steps_per_epoch": config.steps_per_epoch},
+        batch_size=batch,
+        loss=diag_net.half_squared_error,
+    )
+
+
+def images_task(dataset, config):
+    import keras
+
+    from keras_msam.models import get_model
+    from recipes.tasks import images
+
+    data = images.load(dataset)
+    batch = config.batch_size or 128
+    model_name = config.model or ("tiny" if dataset == "synthetic" else "resnet18")
+    return Task(
+        build_model=lambda: get_model(model_name, num_classes=data.num_classes, weight_decay=5e-4),
+        fit_kwargs={
+            "x": images.train_dataset(data.x_train, data.y_train, batch),
+            "validation_data": images.eval_dataset(data.x_val, data.y_val, batch),
+            "steps_per_epoch": config.steps_per_epoch or max(1, len(data.x_train) // batch),
+        },
+        batch_size=batch,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        momentum=0.9,
+    )
+
+
+TASKS = {
+    "diag_nets": diag_nets_task,
+    "teacher_student": teacher_student_task,
+    "cifar10": functools.partial(images_task, "cifar10"),
+    "cifar100": functools.partial(images_task, "cifar100"),
+    "cifar_synthetic": functools.partial(images_task, "synthetic"),
+}
+
+
+# ----------------------------------------------------------------------------------- the search
+def search(name, config):
+    """Runs the search on task `name` as configured; returns the trials (best first, see `trial_table`)."""
+    import keras
+
+    from keras_msam.tensorboard import SAMScalars
+    from keras_msam.tuning import SAMHyperModel, make_tuner, trial_table
+
+    import keras_tuner as kt
+
+    project = config.project_name or name
+    with checking_settings():  # a bad m, rho or lr range is a setting error
+        task = TASKS[name](config)
+        hypermodel = SAMHyperModel(
+            task.build_model,
+            batch_size=task.batch_size,
+            rho_range=config.rho,
+            m_choices=list(config.m) if isinstance(config.m, tuple) else config.m,
+            include_erm=config.erm,
+            include_nsam=config.nsam,
+            lr_range=config.lr,
+            loss=task.loss,
+            metrics=task.metrics,
+            momentum=task.momentum,
+            sam_kwargs=task.sam_kwargs,
+        )
+        objective = kt.Objective(config.objective, config.direction) if config.direction else config.objective
+        tuner = make_tuner(config.tuner, hypermodel, objective=objective, max_trials=config.max_trials,
+                           max_epochs=config.max_epochs or config.epochs, directory=config.directory,
+                           project_name=project, seed=config.seed, overwrite=config.overwrite)
+    callbacks = []
+    if config.tensorboard:
+        log_dir = os.path.join(config.directory, project, "tensorboard")
+        callbacks.append(SAMScalars(log_dir, every_n_steps=config.log_every, batch_size=hypermodel.replica_batch))
+        # Keras' own callback adds the epoch metrics, the objective among them, to each trial's session.
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
+    tuner.search(**task.fit_kwargs, epochs=config.epochs, callbacks=callbacks, verbose=config.verbose)
+    return trial_table(tuner)
 
 
 def write_summary(rows, directory):
     """summary.csv and summary.md in `directory`; returns the markdown table."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "summary.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: ("" if row[k] is None else row[k]) for k in SUMMARY_COLUMNS} for row in rows)
+    outputs.write_csv(os.path.join(directory, "summary.csv"), SUMMARY_COLUMNS,
+                      [[row[k] for k in SUMMARY_COLUMNS] for row in rows])
 
     def cell(key, value):
         if value is None:
@@ -232,61 +228,27 @@ def write_summary(rows, directory):
     return table
 
 
-def run(args):
-    """Runs the search of parsed `args`; returns the summary rows (best first)."""
-    import keras
-    import keras_tuner as kt
-
-    from keras_msam.tensorboard import SAMScalars
-    from keras_msam.tuning import SAMHyperModel, make_tuner, trial_table
-
-    task = get_recipe(args.recipe)(args)
-    hypermodel = SAMHyperModel(
-        task.build_model,
-        batch_size=task.batch_size,
-        rho_range=args.rho or task.rho_range,
-        m_choices=args.m,
-        include_erm=not args.no_erm,
-        include_nsam=not args.no_nsam,
-        lr_range=args.lr or task.lr_range,
-        loss=task.loss,
-        metrics=task.metrics,
-        momentum=task.momentum,
-        sam_kwargs=task.sam_kwargs,
-    )
-    objective = kt.Objective(args.objective, args.direction) if args.direction else args.objective
-    project = args.project_name or args.recipe
-    tuner = make_tuner(
-        args.tuner,
-        hypermodel,
-        objective=objective,
-        max_trials=args.max_trials,
-        max_epochs=args.max_epochs or args.epochs,
-        directory=args.directory,
-        project_name=project,
-        seed=args.seed,
-        overwrite=args.overwrite,
-    )
-    callbacks = []
-    if args.tensorboard:
-        log_dir = os.path.join(args.directory, project, "tensorboard")
-        callbacks.append(SAMScalars(log_dir, every_n_steps=args.log_every, batch_size=hypermodel.replica_batch))
-        # Keras' own callback adds the epoch metrics, the objective among them, to each trial's session.
-        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
-    tuner.search(**task.fit_kwargs, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose)
-    return trial_table(tuner)
+def _main(name, config):
+    rows = search(name, config)
+    print(write_summary(rows, os.path.join(config.directory, config.project_name or name)), end="")
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.recipe not in RECIPES:
-        parser.error(f"unknown recipe {args.recipe!r}; valid recipes: {', '.join(sorted(RECIPES))}")
-    rows = run(args)
-    table = write_summary(rows, os.path.join(args.directory, args.project_name or args.recipe))
-    print(table, end="")
-    return 0
+def _experiment(name, help_text, **defaults):
+    return Experiment(functools.partial(_main, name), TuneConfig, defaults, help=help_text)
 
+
+EXPERIMENTS = {
+    "diag_nets": _experiment("diag_nets", "the papers' diagonal net (offline)", lr=(1.0 / 30, 15.0 / 30)),
+    "teacher_student": _experiment("teacher_student", "2-layer ReLU student of a 3-neuron teacher (offline)",
+                                   lr=(1e-3, 0.3)),
+    "cifar10": _experiment("cifar10", "PreAct ResNet-18 on CIFAR-10 (TFDS)", rho=(0.01, 0.5), lr=(0.01, 0.3)),
+    "cifar100": _experiment("cifar100", "PreAct ResNet-18 on CIFAR-100 (TFDS)", rho=(0.01, 0.5), lr=(0.01, 0.3)),
+    "cifar_synthetic": _experiment("cifar_synthetic", "tiny ResNet on random CIFAR-shaped data (offline)",
+                                   rho=(0.01, 0.5), lr=(0.01, 0.3)),
+}
+DEFAULT_EXPERIMENT = "diag_nets"
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recipes import cli
+
+    sys.exit(cli.main(["tune", *sys.argv[1:]]))

@@ -1,9 +1,9 @@
-"""keras_msam.implicit_bias against closed forms: q, the L1 / L2 limits of phi_alpha, the interpolators."""
+"""recipes.implicit_bias against closed forms: q, the L1 / L2 limits of phi_alpha, the interpolators."""
 
 import numpy as np
 import pytest
 
-from keras_msam import implicit_bias as ib
+from recipes import implicit_bias as ib
 
 
 @pytest.fixture(scope="module")

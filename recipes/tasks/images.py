@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 (through TFDS) as in-memory arrays and tf.data pipelines for the recipes.
+"""Image classification data: CIFAR-10 / CIFAR-100 (through TFDS) or synthetic images, as arrays and tf.data.
 
 - `load(name)`: uint8 images and int labels, the TFDS train split cut into train / validation
   (45k / 5k for CIFAR: the last `val_fraction` of the split is the validation set) and the test split.

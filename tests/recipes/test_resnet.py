@@ -1,4 +1,4 @@
-"""recipes.resnet (+ recipes.cli, keras_msam.callbacks): short runs of every mode on the tiny ResNet."""
+"""recipes.resnet (+ the msam command): short runs of every mode on the tiny ResNet."""
 
 import json
 import os
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from keras_msam.callbacks import RhoSchedule, SAMWindow
+from keras_msam.sam_model import SAM_LOGS
 from recipes import cli, resnet
+from recipes.config import parse_command_line
 
 NUM_EXAMPLES = 40  # mocked CIFAR: 36 train / 4 validation / 40 test; batch 16 -> 2 steps an epoch
 
@@ -25,32 +26,43 @@ def _train(config, callbacks=()):
         return resnet.train(config, callbacks)
 
 
-# --------------------------------------------------------------------------- config, CLI, callbacks
+def parse_config(argv):
+    return parse_command_line("msam resnet", resnet.EXPERIMENTS, resnet.DEFAULT_EXPERIMENT, argv)[1]
+
+
+# --------------------------------------------------------------------------- config, CLI
 def test_defaults_are_the_papers_settings():
-    config = resnet.parse_config([])
+    config = parse_config([])
     assert (config.dataset, config.model, config.norm) == ("cifar10", "resnet18", "batch")
     assert (config.rho, config.epochs, config.batch_size, config.lr, config.wd) == (0.1, 200, 128, 0.1, 5e-4)
     assert (config.momentum, config.schedule, config.val_fraction, config.sam_window) == (0.9, "piecewise", 0.1, (0.0, 1.0))
-    parsed = resnet.parse_config(
+    parsed = parse_config(
         "--m 16 --sam-window 0.9 1.0 --label-noise 0.6 --noise-type asymmetric --no-jit --strategy mirrored".split()
     )
     assert (parsed.m, parsed.sam_window, parsed.label_noise, parsed.noise_type) == (16, (0.9, 1.0), 0.6, "asymmetric")
     assert parsed.jit is False and parsed.strategy == "mirrored"
+    legacy = parse_config("--no-normalize --no-augment --no-download --rho-follows-lr --synthetic-size 64 32".split())
+    assert (legacy.normalize, legacy.augment, legacy.download, legacy.rho_follows_lr) == (False, False, False, True)
+    assert legacy.synthetic_size == (64, 32)
 
 
 def test_cli_dispatch_and_argument_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["resnet", "--help"])
     assert exit_info.value.code == 0 and "--sam-window" in capsys.readouterr().out
-    assert cli.main(["bogus"]) == 2 and "unknown subcommand 'bogus'" in capsys.readouterr().err
+    assert cli.main(["bogus"]) == 2 and "unknown recipe 'bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        resnet.main(["--sam-window", "0.9", "0.5"])
+        cli.main(["resnet", "--sam-window", "0.9", "0.5"])
     assert exit_info.value.code == 2 and "--sam-window START END" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["resnet", "--m", "64", "--batch-size", "32"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "msam resnet: error: --m 64 must be in [1, 32]" in err
 
 
 def test_missing_tfds_data_exits_with_the_fix(tmp_path, capsys):
     argv = ["--model", "tiny", "--data-dir", str(tmp_path / "tfds"), "--no-download", "--out", str(tmp_path / "o")]
-    assert resnet.main(argv) == 1
+    assert cli.main(["resnet", *argv]) == 1
     err = capsys.readouterr().err
     assert "'cifar10' is not prepared" in err and "download_and_prepare()" in err and "--data-dir" in err
 
@@ -59,23 +71,9 @@ def test_m_must_fit_the_per_replica_batch():
     config = resnet.ResNetConfig(batch_size=16, m=16)
     with pytest.raises(ValueError, match=r"--m 16 must be in \[1, 8\].*16 / 2 = 8"):
         resnet.per_replica_m(config, replicas=2)
-    with pytest.raises(ValueError, match="not divisible by the 3 replicas"):
+    with pytest.raises(ValueError, match="not divisible by num_replicas=3"):
         resnet.per_replica_m(config, replicas=3)
     assert resnet.per_replica_m(resnet.ResNetConfig(batch_size=128, m=None), 2) == (64, 64)
-
-
-def test_sam_window_epochs_and_checks():
-    erm_to_sam = SAMWindow(0.9, 1.0, epochs=200)
-    assert [e for e in range(200) if erm_to_sam.active(e)] == list(range(180, 200))
-    sam_to_erm = SAMWindow(0.0, 0.5, epochs=10)
-    assert [sam_to_erm.active(e) for e in range(10)] == [True] * 5 + [False] * 5
-    assert not any(SAMWindow(0.0, 0.0, epochs=5).active(e) for e in range(5))
-    with pytest.raises(ValueError, match="0 <= start <= end <= 1"):
-        SAMWindow(0.8, 0.2, epochs=10)
-    callback = RhoSchedule(lambda epoch: 0.1)
-    callback.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
-    with pytest.raises(TypeError, match="needs a keras_msam.SAMModel"):
-        callback.on_train_begin()
 
 
 # --------------------------------------------------------------------------- runs
@@ -90,6 +88,7 @@ def test_erm_to_sam_window_with_label_noise_and_rho_following_lr(tmp_path, capsy
     assert second["rho"] == pytest.approx(0.005) and first["rho"] == pytest.approx(0.05)
     assert (first["lr"], second["lr"]) == pytest.approx((0.05, 0.0005))  # lr of each epoch's last step
     assert second["sharpness"] != 0.0
+    assert not any(key.startswith("val_") and key[4:] in SAM_LOGS for key in first)  # training-only diagnostics
     assert results["optimizer_steps"] == 4 and results["steps_per_epoch"] == 2
     # exactly floor(0.5 * 36) noisy labels; the train error splits into clean and noisy parts
     assert results["noisy_fraction"] == 0.5

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from keras_msam import implicit_bias
+from recipes import cli, implicit_bias
 from recipes import diag_nets as dn
+from recipes.tasks import diag_net
 
 D = 30
 STEPS = 10_000
@@ -14,7 +15,7 @@ STEPS = 10_000
 
 @pytest.fixture(scope="module")
 def data():
-    return dn.make_data()
+    return diag_net.make_data()
 
 
 def _papers_step(method, X, y, u, v, gamma, rho, k=None):
@@ -47,7 +48,7 @@ def test_make_data_is_the_papers_generator(data):
     np.testing.assert_allclose(y_test, X_test @ beta_star)
     rng = np.random.RandomState(0)  # the notebook: np.random.seed(0); X = multivariate_normal(0, I, n) first
     np.testing.assert_allclose(X, rng.multivariate_normal(np.zeros(30), np.eye(30), 20))
-    X2, *_ = dn.make_data(seed=1)
+    X2, *_ = diag_net.make_data(seed=1)
     assert not np.allclose(X, X2)
 
 
@@ -58,10 +59,10 @@ def test_steps_match_the_papers_update_rules(data, method):
     rng = np.random.default_rng(3)
     u0, v0 = 0.1 + 0.2 * rng.normal(size=D), 0.2 * rng.normal(size=D)
     gamma, rho, steps = 5.0 / D, 0.15, 4
-    trainer = dn.Trainer(method, gamma, data, chunk=1, jit_compile=False)
+    trainer = dn.Trainer(method, gamma, data, jit_compile=False)
     trainer.reset((u0, v0))
     trainer.set_rho(0.0 if method in ("gd", "sgd") else rho)
-    trainer.train(steps, seed=7)
+    trainer.train(steps, chunk=1, seed=7)
     order = np.random.default_rng(7).integers(20, size=steps)  # Trainer's SGD draws
     u, v = u0, v0
     for k in order:
@@ -72,16 +73,27 @@ def test_steps_match_the_papers_update_rules(data, method):
     assert np.abs(u - u0).max() > 1e-2  # the steps moved the weights: the comparison is not vacuous
 
 
+def test_the_loop_takes_no_step_before_training(data):
+    """The compiled loop is built without the "one eager step, then undo it" trick: no step is taken."""
+    trainer = dn.Trainer("1-sam", 15 / D, data)
+    assert int(trainer.model.optimizer.iterations.numpy()) == 0
+    np.testing.assert_array_equal(trainer.weights()[0], np.full(D, np.float32(0.1)))
+    trainer.set_rho(0.2)
+    trainer.train(20, chunk=10)
+    assert int(trainer.model.optimizer.iterations.numpy()) == 20
+
+
 @pytest.fixture(scope="module")
 def grid_runs(data):
     """ERM, n-SAM and 1-SAM at the papers' gamma = 15 / d, alpha = 0.1, 10^4 steps."""
     return {
-        "erm": dn.run("erm", steps=STEPS, lr=15 / D, data=data),
-        "n-sam": dn.run("n-sam", 0.1, steps=STEPS, lr=15 / D, data=data),
-        "1-sam": dn.run("1-sam", 0.2, steps=STEPS, lr=15 / D, data=data),
+        "erm": dn.run(dn.RunConfig(method="erm", steps=STEPS), data=data),
+        "n-sam": dn.run(dn.RunConfig(method="n-sam", rho=0.1, steps=STEPS), data=data),
+        "1-sam": dn.run(dn.RunConfig(method="1-sam", rho=0.2, steps=STEPS), data=data),
     }
 
 
+@pytest.mark.slow
 def test_one_sam_beats_erm_by_orders_of_magnitude_and_n_sam_stays_near_erm(grid_runs):
     erm, n_sam, one_sam = grid_runs["erm"], grid_runs["n-sam"], grid_runs["1-sam"]
     for res in grid_runs.values():
@@ -95,10 +107,11 @@ def test_one_sam_beats_erm_by_orders_of_magnitude_and_n_sam_stays_near_erm(grid_
     assert np.abs(beta[3:]).max() < 0.01 < np.abs(beta[:3]).min()  # 1-SAM finds the support of beta*
 
 
+@pytest.mark.slow
 def test_effective_alpha_ordering_erm_above_n_sam_above_one_sam(data):
     """Theorem 1 (small steps, gamma = 1 / d): both SAMs shrink the scale a = alpha / 2, 1-SAM far more."""
     settings = (("erm", 0), ("n-sam", 0.1), ("1-sam", 0.1))
-    runs = {m: dn.run(m, rho, steps=STEPS, lr=1 / D, data=data) for m, rho in settings}
+    runs = {m: dn.run(dn.RunConfig(method=m, rho=rho, steps=STEPS, lr_c=1.0), data=data) for m, rho in settings}
     per_coordinate = {m: dn.effective_alphas(r, data)["alpha_per_coordinate_geomean"] for m, r in runs.items()}
     assert per_coordinate["erm"] == pytest.approx(0.05, rel=0.01)
     assert per_coordinate["erm"] > per_coordinate["n-sam"] > per_coordinate["1-sam"]
@@ -114,8 +127,9 @@ def test_effective_alpha_ordering_erm_above_n_sam_above_one_sam(data):
     assert scalar["1-sam"] < 0.5 * min(scalar["erm"], scalar["n-sam"])
 
 
+@pytest.mark.slow
 def test_erm_then_one_sam_recovers_most_of_the_gain_and_the_minima_are_connected(tmp_path):
-    summary = dn.experiment_switch(str(tmp_path), progress=False)
+    summary = dn.switch(dn.SwitchConfig(out=str(tmp_path), progress=False))
     test = {name: res["test_loss"] for name, res in summary["runs"].items()}
     gain = np.log(test["ERM"] / test["1-SAM"])
     assert gain > np.log(100)  # measured: 1.5e-2 -> 1.4e-5
@@ -124,26 +138,28 @@ def test_erm_then_one_sam_recovers_most_of_the_gain_and_the_minima_are_connected
     assert (tmp_path / "switch.png").stat().st_size > 10_000
     curve = json.loads((tmp_path / "switch.json").read_text())["runs"]["ERM -> 1-SAM"]["curve"]
     assert curve["steps"][-1] == 2 * STEPS and len(curve["steps"]) == 200
+    header, *rows = (tmp_path / "switch.csv").read_text().splitlines()
+    assert header == "run,step,train_loss,test_loss" and len(rows) == 4 * 200  # no always-empty column
 
-    inter = dn.experiment_interpolation(str(tmp_path), progress=False)
+    inter = dn.interpolation(dn.InterpolationConfig(out=str(tmp_path), progress=False))
     a, train = np.asarray(inter["a"]), np.asarray(inter["train_loss"])
-    initial_loss = dn.loss(*dn.make_data()[:2], np.zeros(D))
+    initial_loss = diag_net.loss(*diag_net.make_data()[:2], np.zeros(D))
     assert inter["max_train_loss_on_segment"] < 1e-3 * initial_loss  # no barrier between the two minima
     assert train[np.abs(a - 1.5) < 1e-9][0] > 5 * inter["max_train_loss_on_segment"]  # the loss rises outside
     assert inter["endpoint_test_loss"]["ERM -> 1-SAM"] < inter["endpoint_test_loss"]["ERM"] / 100
 
 
 def test_cli_json_is_the_last_line_and_matches_run(capsys, data):
-    assert dn.main(["--method", "1-sam", "--rho", "0.2", "--steps", "2000", "--json"]) == 0
+    assert cli.main(["diag_nets", "run", "--method", "1-sam", "--rho", "0.2", "--steps", "2000", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    direct = dn.run("1-sam", 0.2, lr=15 / D, steps=2000, data=data)
+    direct = dn.run(dn.RunConfig(method="1-sam", rho=0.2, steps=2000), data=data)
     assert result["test_loss"] == pytest.approx(direct["test_loss"], rel=1e-6)
     assert result["rho_model"] == pytest.approx(0.4)  # unnormalized 1-SAM: SAMModel rho = 2 * rho
     assert len(result["beta"]) == D and len(result["curve"]["steps"]) == 100
 
 
 def test_rho_grid_experiment_writes_plot_table_and_json(tmp_path, capsys):
-    assert dn.main(["experiment", "rho_grid", "--rhos", "0.01", "0.2", "--steps", "2000", "--out", str(tmp_path)]) == 0
+    assert cli.main(["diag_nets", "--rhos", "0.01", "0.2", "--steps", "2000", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "rho_grid.json").read_text())
     rows = (tmp_path / "rho_grid.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[0].startswith("rho,erm_test")
@@ -153,16 +169,22 @@ def test_rho_grid_experiment_writes_plot_table_and_json(tmp_path, capsys):
     assert "ERM test loss" in capsys.readouterr().out
 
 
-def test_bad_inputs_name_the_parameter_and_the_fix(data):
+def test_bad_inputs_name_the_parameter_and_the_fix(capsys):
     valid = "'erm', 'gd', 'sgd', 'n-sam', '1-sam'"
     with pytest.raises(ValueError, match=f"method must be one of {valid}; got method='adam'"):
-        dn.run("adam", data=data)
+        dn.RunConfig(method="adam")
     with pytest.raises(ValueError, match=r"method='erm' needs rho=0"):
-        dn.run("erm", 0.1, data=data)
+        dn.RunConfig(method="erm", rho=0.1)
     with pytest.raises(ValueError, match="rho must be a float >= 0"):
         dn.sam_settings("1-sam", -0.1, normalize=False)
     with pytest.raises(ValueError, match="steps must be a positive multiple of chunk=100"):
-        dn.run("erm", steps=150, chunk=100, data=data)
+        dn.RunConfig(method="erm", steps=150, chunk=100)
     with pytest.raises(ValueError, match="alpha must be > 0"):
-        dn.make_model(D, 0.0)
+        diag_net.make_model(D, 0.0)
+    with pytest.raises(ValueError, match=r"r \(sparsity\) must be <= d"):
+        dn.RhoGridConfig(r=40)
+    with pytest.raises(SystemExit) as exit_info:  # the command line: argparse's error, no traceback
+        cli.main(["diag_nets", "switch", "--rho", "-0.1"])
+    assert exit_info.value.code == 2
+    assert "msam diag_nets switch: error: rho must be a float >= 0" in capsys.readouterr().err
     assert dn.sam_settings("1-sam", 0.3, normalize=True)[1] == 0.3  # normalized: the factor 2 cancels

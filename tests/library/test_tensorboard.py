@@ -13,6 +13,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from keras_msam import SAMModel
 from keras_msam.tensorboard import EpsHistograms, SAMScalars, shard_eps
 from keras_msam.tuning import SAMHyperModel, make_tuner
+from small_problems import linear_model, regression
 
 SAM_TAGS = ["sam/loss_at_w", "sam/loss_at_w_plus_eps", "sam/sharpness", "sam/grad_norm", "sam/eps_norm", "sam/rho",
             "sam/m", "sam/sam_enabled"]
@@ -28,18 +29,16 @@ def read_events(log_dir):
     return values, plugins
 
 
-def diag_problem(m=2, rho=0.1):
-    from recipes.diag_nets import half_squared_error, make_data, make_model
-
-    x, y, *_ = make_data()
-    x, y = np.asarray(x, "float32"), np.asarray(y, "float32").reshape(-1, 1)
-    model = SAMModel(make_model(30, 0.1), rho=rho, m=m)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=half_squared_error)
+def linear_problem(m=2, rho=0.1):
+    """A SAMModel around a linear model on 20 examples in 30 dimensions."""
+    x, y, *_ = regression()
+    model = SAMModel(linear_model(), rho=rho, m=m)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     return model, x, y
 
 
 def test_sam_scalars_are_interval_means_of_the_logged_diagnostics(tmp_path):
-    model, x, y = diag_problem(m=1, rho=0.1)
+    model, x, y = linear_problem(m=1, rho=0.1)
     history = model.fit(x, y, batch_size=5, epochs=2, verbose=0, shuffle=False,  # 4 steps an epoch
                         callbacks=[SAMScalars(tmp_path, every_n_steps=2)])
     values, plugins = read_events(tmp_path)
@@ -61,7 +60,7 @@ def test_sam_scalars_are_interval_means_of_the_logged_diagnostics(tmp_path):
 
 
 def test_sam_scalars_write_grad_cosine_and_m_when_the_model_logs_them(tmp_path):
-    model, *_ = diag_problem(m=None)
+    model, *_ = linear_problem(m=None)
     callback = SAMScalars(tmp_path, every_n_steps=1)
     callback.set_model(model)
     callback.on_epoch_begin(0)
@@ -73,7 +72,7 @@ def test_sam_scalars_write_grad_cosine_and_m_when_the_model_logs_them(tmp_path):
 
 
 def test_sam_scalars_with_steps_per_execution_write_once_per_period(tmp_path):
-    model, *_ = diag_problem(m=1)
+    model, *_ = linear_problem(m=1)
     callback = SAMScalars(tmp_path, every_n_steps=4)
     callback.set_model(model)
     callback.on_epoch_begin(0)
@@ -88,11 +87,11 @@ def test_sam_scalars_with_steps_per_execution_write_once_per_period(tmp_path):
 
 
 def test_eps_histograms_hold_one_norm_per_shard_and_layer(tmp_path):
-    model, x, y = diag_problem(m=4, rho=0.1)
+    model, x, y = linear_problem(m=4, rho=0.1)
     callback = EpsHistograms(tmp_path, (x, y), every_n_epochs=2, group="variable")
     model.fit(x, y, batch_size=20, epochs=4, verbose=0, callbacks=[callback])
     values, plugins = read_events(tmp_path)
-    tags = {"eps_norm/diag/u", "eps_norm/diag/v", "eps_norm/all"}
+    tags = {"eps_norm/linear/kernel", "eps_norm/linear/bias", "eps_norm/all"}
     assert tags <= set(values) and all(plugins[t] == "histograms" for t in tags)
     for tag in tags:
         assert [step for step, _ in values[tag]] == [2, 4]  # epochs 2 and 4
@@ -105,22 +104,16 @@ def test_eps_histograms_hold_one_norm_per_shard_and_layer(tmp_path):
     # The per-variable norms add up (in squares) to the whole perturbation of the shard.
     eps = shard_eps(model, x, y)
     for shard in eps:
-        u, v = (float(tf.norm(e)) for e in shard)
-        assert u**2 + v**2 == pytest.approx(0.1**2, rel=1e-4)
+        kernel, bias = (float(tf.norm(e)) for e in shard)
+        assert kernel > 0 and bias > 0 and kernel**2 + bias**2 == pytest.approx(0.1**2, rel=1e-4)
 
 
 def test_tuner_trials_are_hparams_sessions(tmp_path):
-    from recipes.diag_nets import half_squared_error, make_data, make_model
-
-    x, y, x_test, y_test, _ = make_data()
-    x, y = np.asarray(x, "float32"), np.asarray(y, "float32").reshape(-1, 1)
-    hypermodel = SAMHyperModel(
-        lambda: make_model(30, 0.1), batch_size=20, loss=half_squared_error, lr_range=(0.05, 0.5)
-    )
+    x, y, x_test, y_test = regression()
+    hypermodel = SAMHyperModel(lambda: linear_model(), batch_size=20, loss="mse", lr_range=(0.05, 0.5))
     tuner = make_tuner("random", hypermodel, max_trials=2, directory=tmp_path / "tuner", seed=5)
     log_dir = tmp_path / "tb"
-    tuner.search(x, y, validation_data=(np.asarray(x_test, "float32"), np.asarray(y_test, "float32").reshape(-1, 1)),
-                 epochs=1, verbose=0, callbacks=[SAMScalars(log_dir, every_n_steps=1, batch_size=20),
+    tuner.search(x, y, validation_data=(x_test, y_test), epochs=1, verbose=0, callbacks=[SAMScalars(log_dir, every_n_steps=1, batch_size=20),
                                                  keras.callbacks.TensorBoard(log_dir, write_graph=False)])
     trials = tuner.oracle.trials
     run_dirs = sorted(glob.glob(str(log_dir / "*" / "execution0")))

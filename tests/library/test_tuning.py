@@ -1,8 +1,6 @@
 """KerasTuner search over rho and m: the search space, the chosen settings, the tuners and the CLI."""
 
-import csv
 import math
-import os
 
 import keras_tuner as kt
 import numpy as np
@@ -10,30 +8,25 @@ import pytest
 import tensorflow as tf
 
 from keras_msam.tuning import SAMHyperModel, best_sam_settings, m_choices_for, make_tuner, trial_table
+from small_problems import linear_model, regression
 
-BATCH = 20  # the diagonal net's full batch (n = 20)
+BATCH = 20  # the full batch (n = 20)
 RHO_RANGE = (1e-3, 0.5)
 
 
 @pytest.fixture(scope="module")
-def diag_data():
-    from recipes.diag_nets import make_data
-
-    x, y, x_test, y_test, _ = make_data()
-    f32 = lambda a: np.asarray(a, "float32")  # noqa: E731
-    return f32(x), f32(y).reshape(-1, 1), f32(x_test), f32(y_test).reshape(-1, 1)
+def data():
+    return regression(n=BATCH)
 
 
-def diag_hypermodel(**kwargs):
-    from recipes.diag_nets import half_squared_error, make_model
-
+def hypermodel_of(**kwargs):
     kwargs.setdefault("rho_range", RHO_RANGE)
     kwargs.setdefault("lr_range", (0.05, 0.5))
-    return SAMHyperModel(lambda: make_model(30, 0.1), batch_size=BATCH, loss=half_squared_error, **kwargs)
+    return SAMHyperModel(lambda: linear_model(), batch_size=BATCH, loss="mse", **kwargs)
 
 
-def search(tuner, diag_data, epochs=1, steps=3):
-    x, y, x_test, y_test = diag_data
+def search(tuner, data, epochs=1, steps=3):
+    x, y, x_test, y_test = data
     train = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(BATCH)
     tuner.search(train, validation_data=(x_test, y_test), epochs=epochs, steps_per_epoch=steps, verbose=0)
 
@@ -56,7 +49,7 @@ def test_m_choices_reject_non_divisors_and_uneven_replicas():
 
 
 def test_declared_search_space():
-    hypermodel = diag_hypermodel(num_replicas=2, lr_range=0.1)
+    hypermodel = hypermodel_of(num_replicas=2, lr_range=0.1)
     hp = kt.HyperParameters()
     hypermodel.build(hp)
     space = {p.name: p for p in hp.space}
@@ -70,15 +63,15 @@ def test_declared_search_space():
 def test_m_choices_follow_the_replicas_of_the_strategy():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # conftest: two logical CPUs
     with strategy.scope():
-        hypermodel = diag_hypermodel()
+        hypermodel = hypermodel_of()
     assert (hypermodel.num_replicas, hypermodel.replica_batch, hypermodel.m_values) == (2, 10, [1, 2, 5, 10])
     with pytest.raises(ValueError, match=r"Pass SAMHyperModel\(\.\.\., num_replicas=2\)"):
         with strategy.scope():
-            diag_hypermodel(num_replicas=1).build(kt.HyperParameters())
+            hypermodel_of(num_replicas=1).build(kt.HyperParameters())
 
 
 def test_build_maps_the_hyperparameters_onto_sam_model():
-    hypermodel = diag_hypermodel()
+    hypermodel = hypermodel_of()
     hp = kt.HyperParameters()
     hypermodel.build(hp)
     hp.values.update({"method": "sam", "rho": 0.2, "m": 4, "lr": 0.3})
@@ -92,18 +85,18 @@ def test_build_maps_the_hyperparameters_onto_sam_model():
     assert (erm.sam_enabled, erm.rho) == (False, 0.0)
 
 
-def test_hypermodel_rejects_a_dataset_batched_differently(diag_data):
-    x, y, *_ = diag_data
-    hypermodel = diag_hypermodel()
+def test_hypermodel_rejects_a_dataset_batched_differently(data):
+    x, y, *_ = data
+    hypermodel = hypermodel_of()
     hp = kt.HyperParameters()
     model = hypermodel.build(hp)
     with pytest.raises(ValueError, match="Batch the dataset by 20"):
         hypermodel.fit(hp, model, tf.data.Dataset.from_tensor_slices((x, y)).batch(10, drop_remainder=True))
 
 
-def test_hypermodel_rejects_a_last_batch_smaller_than_m(diag_data):
-    x, y, *_ = diag_data
-    hypermodel = diag_hypermodel(m_choices=[10])
+def test_hypermodel_rejects_a_last_batch_smaller_than_m(data):
+    x, y, *_ = data
+    hypermodel = hypermodel_of(m_choices=[10])
     hp = kt.HyperParameters()
     hypermodel.build(hp)
     hp.values.update({"method": "sam", "m": 10})
@@ -119,9 +112,9 @@ def _in_space(row):
     return in_range and (row["m"] is None or BATCH % row["m"] == 0)
 
 
-def test_random_search_reports_the_best_trial(tmp_path, diag_data):
-    tuner = make_tuner("random", diag_hypermodel(), max_trials=3, directory=tmp_path, project_name="p", seed=3)
-    search(tuner, diag_data)
+def test_random_search_reports_the_best_trial(tmp_path, data):
+    tuner = make_tuner("random", hypermodel_of(), max_trials=3, directory=tmp_path, project_name="p", seed=3)
+    search(tuner, data)
     best = best_sam_settings(tuner)
     rows = trial_table(tuner)
     assert len(rows) == 3 and all(_in_space(r) for r in rows)
@@ -134,13 +127,13 @@ def test_random_search_reports_the_best_trial(tmp_path, diag_data):
 
 
 @pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
-def test_bayesian_and_hyperband_search_the_same_space(tmp_path, diag_data, kind):
+def test_bayesian_and_hyperband_search_the_same_space(tmp_path, data, kind):
     if kind == "bayesian":
         pytest.importorskip("sklearn", reason="BayesianOptimization needs keras-tuner[bayesian] (scikit-learn)")
     options = {"num_initial_points": 2, "max_trials": 3} if kind == "bayesian" else {"max_epochs": 2, "factor": 2}
-    hypermodel = diag_hypermodel(include_erm=False)
+    hypermodel = hypermodel_of(include_erm=False)
     tuner = make_tuner(kind, hypermodel, directory=tmp_path, project_name=kind, seed=1, **options)
-    search(tuner, diag_data, epochs=2)
+    search(tuner, data, epochs=2)
     rows = trial_table(tuner)
     assert len(rows) >= 2 and all(r["method"] == "sam" and _in_space(r) for r in rows)
     assert best_sam_settings(tuner)["objective"] == min(r["objective"] for r in rows)
@@ -148,33 +141,6 @@ def test_bayesian_and_hyperband_search_the_same_space(tmp_path, diag_data, kind)
 
 def test_make_tuner_names_the_missing_setting():
     with pytest.raises(ValueError, match="valid: \\['bayesian', 'hyperband', 'random'\\]"):
-        make_tuner("grid", diag_hypermodel())
+        make_tuner("grid", hypermodel_of())
     with pytest.raises(ValueError, match="Hyperband needs max_epochs"):
-        make_tuner("hyperband", diag_hypermodel())
-
-
-# ----------------------------------------------------------------------------------- the CLI
-def test_cli_writes_and_prints_the_summary(tmp_path, capsys):
-    from recipes.tune import main
-
-    argv = ["diag_nets", "--max-trials", "2", "--epochs", "1", "--steps-per-epoch", "3", "--m", "1,5"]
-    assert main(argv + ["--directory", str(tmp_path), "--seed", "2"]) == 0
-    with open(tmp_path / "diag_nets" / "summary.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and list(rows[0]) == ["trial_id", "method", "rho", "m", "lr", "objective"]
-    objectives = [float(r["objective"]) for r in rows]
-    assert objectives == sorted(objectives)  # best (lowest val_loss) first
-    assert all(r["m"] in ("", "1", "5") for r in rows)
-    printed = capsys.readouterr().out
-    assert printed == (tmp_path / "diag_nets" / "summary.md").read_text()
-    assert printed.startswith("| trial_id | method | rho | m | lr | objective |")
-    assert os.path.isfile(tmp_path / "diag_nets" / "oracle.json")
-
-
-def test_cli_unknown_recipe_lists_the_valid_ones(capsys):
-    from recipes.tune import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["cifar11"])
-    assert exit_info.value.code == 2
-    assert "valid recipes: cifar10, cifar100, cifar_synthetic, diag_nets, teacher_student" in capsys.readouterr().err
+        make_tuner("hyperband", hypermodel_of())

@@ -6,7 +6,7 @@ import pytest
 
 from keras_msam import SAMModel
 from keras_msam.models import REGISTRY, get_model, preact_resnet
-from recipes import cifar
+from small_problems import class_images
 
 
 def _trainable_count(model):
@@ -76,8 +76,7 @@ def test_registry_and_clear_errors():
 
 
 def test_tiny_resnet_msam_loss_decreases_on_a_fixed_batch():
-    data = cifar.load("synthetic", synthetic_size=(16, 16), val_fraction=0.0)
-    x, y = data.x_train.astype("float32") / 255.0, data.y_train
+    x, y = class_images(16)
     model = SAMModel(get_model("tiny", weight_decay=5e-4), rho=0.05, m=4)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),

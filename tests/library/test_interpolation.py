@@ -6,7 +6,7 @@ import pytest
 
 from keras_msam.interpolation import evaluate_loss_error, interpolate, plot_interpolation, recompute_bn_statistics
 from keras_msam.models import get_model
-from recipes import cifar
+from small_problems import class_images
 
 
 def test_recomputed_bn_statistics_are_the_data_average():
@@ -21,9 +21,7 @@ def test_recomputed_bn_statistics_are_the_data_average():
 
 
 def test_interpolation_endpoints_reproduce_the_endpoint_losses(tmp_path):
-    data = cifar.load("synthetic", synthetic_size=(48, 32), val_fraction=0.0)
-    train = (data.x_train / 255.0, data.y_train)
-    test = (data.x_test / 255.0, data.y_test)
+    train, test = class_images(48, seed=0), class_images(32, seed=1)
     keras.utils.set_random_seed(1)
     model = get_model("tiny")
     keras.utils.set_random_seed(2)
