@@ -16,7 +16,7 @@ from multiworker_worker import EPOCHS, GLOBAL_BATCH, M, RHO
 from sam_fixtures import LR, data, mlp
 
 TIMEOUT_S = 300
-HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # multiworker_worker.py, sam_fixtures.py
 
 
 def free_ports(count):
@@ -35,7 +35,7 @@ def run_workers(tmp_path, script_args):
     processes = []
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}),
-                   TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
+                   TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
         processes.append(subprocess.Popen([sys.executable, *script_args(index)], env=env, cwd=tmp_path,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     results = []
@@ -50,7 +50,7 @@ def run_workers(tmp_path, script_args):
 
 
 def test_two_workers_train_like_one_process(tmp_path):
-    results = run_workers(tmp_path, lambda i: [os.path.join(HERE, "multiworker_worker.py"), str(tmp_path / f"w{i}.npz")])
+    results = run_workers(tmp_path, lambda i: [os.path.join(TESTS, "multiworker_worker.py"), str(tmp_path / f"w{i}.npz")])
     for code, output in results:
         assert code == 0, output[-3000:]
     saved = [np.load(tmp_path / f"w{i}.npz") for i in range(2)]
