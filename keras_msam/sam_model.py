@@ -85,20 +85,6 @@ def _add(weights, delta):
     return [w + tf.cast(d, w.dtype) for w, d in zip(weights, delta)]
 
 
-class _MaxMetric(keras.metrics.Metric):
-    """The largest value seen (`m`: the examples per shard of the full batches, not an average)."""
-
-    def __init__(self, name):
-        super().__init__(name=name)
-        self.value = self.add_variable(shape=(), initializer="zeros", name="value")
-
-    def update_state(self, value):
-        self.value.assign(tf.maximum(self.value, tf.cast(value, self.value.dtype)))
-
-    def result(self):
-        return self.value
-
-
 @keras.saving.register_keras_serializable(package="keras_msam")
 class SAMModel(keras.Model):
     """Trains a wrapped Keras model with m-SAM; `evaluate`, `predict` and `call` are the wrapped model's.
@@ -184,7 +170,7 @@ class SAMModel(keras.Model):
         self.rho_schedule = rho if callable(rho) else None
         self._rho = keras.Variable(0.0 if callable(rho) else rho, trainable=False, name="sam_rho")
         self._sam_enabled = bool(sam_enabled)
-        self._sam_trackers = [keras.metrics.Mean(name=n) for n in SAM_LOGS if n != "m"] + [_MaxMetric("m")]
+        self._sam_trackers = [keras.metrics.Mean(name=n) for n in SAM_LOGS]
         self._jit_updates = {}  # sam_enabled -> XLA-compiled update (several replicas, jit_compile)
         self.first_batch = None  # per-replica size of the first training batch (m must not exceed it)
         self.shard_layouts = {}  # per-replica batch size -> the Layout `fit` measured fastest
@@ -399,7 +385,7 @@ class SAMModel(keras.Model):
         loss, grad_norm = self._unscaled(loss), ascent.global_norm(self._unscaled(self._dense(grads)))
         zero, one = tf.zeros((), tf.float32), tf.ones((), tf.float32)
         logs = {"loss": loss, "sam_loss": loss, "sharpness": zero, "grad_norm": grad_norm, "eps_norm": zero,
-                "grad_cosine": one, "m": tf.cast(shards.leading_dim(batch), tf.float32)}
+                "grad_cosine": one, "m": tf.cast(self.first_batch or shards.leading_dim(batch), tf.float32)}
         return grads, y_pred, new_state, logs
 
     def _sam_update(self, weights, state, batch, rho, layout):
@@ -422,7 +408,7 @@ class SAMModel(keras.Model):
         summed, y_pred, state = shards.run_shards(shard_fn, batch, state, self._state_kinds(), m, layout)
         grads, erm_grads = summed.pop("grads"), summed.pop("erm_grads")
         logs = {**summed, "sharpness": summed["sam_loss"] - summed["loss"], "grad_cosine": _cosine(erm_grads, grads),
-                "m": tf.cast(m, tf.float32)}
+                "m": tf.cast(self.m or self.first_batch or m, tf.float32)}  # the full batches' m, every step
         grads = [g if c else None for g, c in zip(grads, connected)]  # None: Keras skips it and warns
         return grads, y_pred, state, logs
 

@@ -85,7 +85,7 @@ class StepLoop:
         if key not in self._loops:
             # One step is its own tf.function, as in Keras' fit, and sampled batches have an unknown batch
             # size, as fit's do: a step here is the step fit takes on the same batch, to the last bit.
-            step = tf.function(self.model.train_step, reduce_retracing=True)
+            step = tf.function(self.model.train_step, reduce_retracing=True, autograph=False)
             x, y = self.x, self.y
 
             def full_batch_steps(count):
@@ -103,7 +103,7 @@ class StepLoop:
                 return tf.while_loop(lambda i: i < tf.shape(batches)[0], body, [tf.constant(0)])
 
             loop, spec = (sampled_steps, [None, None]) if sampled else (full_batch_steps, [])
-            self._loops[key] = tf.function(loop, input_signature=[tf.TensorSpec(spec, tf.int32)],
+            self._loops[key] = tf.function(loop, input_signature=[tf.TensorSpec(spec, tf.int32)], autograph=False,
                                            jit_compile=self.jit_compile)
         return self._loops[key]
 
