@@ -1,28 +1,38 @@
-"""Median train-step time of m-SAM against ERM on the same model and batch, side by side in one run.
+"""Train-step time of m-SAM against ERM and against tf_keras' SAM, side by side in one run.
 
-    python benchmarks/step_time.py --quick            # 6-conv CNN, m in (128, 8, 1), CPU, ~2 minutes
-    python benchmarks/step_time.py                    # CNN and small ResNet, m in (128, 32, 8, 1), ~10 minutes
+    python benchmarks/step_time.py --quick                 # the CNN, m in (128, 8, 1), a few minutes
+    python benchmarks/step_time.py --out results/step_time # every model, m and jit setting (an hour or more)
 
-Prints, for each model and jit setting: ERM, SAMModel at each m, and (if `tf-keras` is installed:
-`pip install tf-keras`) tf_keras' `SharpnessAwareMinimization(num_batch_splits=batch/m)`, each as a
-median step time, its ratio to ERM of the same framework and jit setting, the first call's time
-(trace + compile), and the peak memory of a step. The configurations of one model and jit
-setting are timed round-robin (one step each per round), so the ratios come from the same minutes of
-a noisy machine; compare ratios, not milliseconds.
+For each model (the 6-conv CNN of the performance notes, a small PreAct ResNet with BatchNorm, an MLP)
+and jit setting, at batch 128 and every m: Keras 3 ERM, `SAMModel` (its default `shards_per_pass="auto"`:
+the layout measured fastest on its first steps), tf_keras ERM and tf_keras'
+`SharpnessAwareMinimization(num_batch_splits=128/m)` (if `tf-keras` is installed: `pip install tf-keras`).
+
+Printed for every m: SAMModel step / Keras ERM step, tf_keras SAM step / tf_keras ERM step, tf_keras SAM
+step / SAMModel step (> 1: SAMModel faster), the first call of both (trace + compile + one step), the
+time SAMModel's layout tuning took after its first call and the layout it chose, and the memory a step
+adds. Step times are medians of `--steps` rounds in which every configuration of the model and jit
+setting takes one step in turn (round-robin: the machine's drift hits them alike). With --out, also a
+CSV and a markdown table.
 """
 
 import argparse
+import csv
 import os
 import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # the CPU allocator that reports peak memory
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_msam import SAMModel  # noqa: E402
+
+BATCH = 128
+ALL_MS = (128, 32, 16, 8, 4, 2, 1)
 
 
 def cnn(keras_module=keras):
@@ -55,32 +65,68 @@ def resnet(keras_module=keras):
     return keras_module.Model(inputs, outputs)
 
 
-MODELS = {"cnn": cnn, "resnet": resnet}
-LOSS = dict(from_logits=True)
+def mlp(keras_module=keras):
+    """An MLP on flattened 32x32x3 images: 3072-512-256-10, ReLU."""
+    layers = keras_module.layers
+    return keras_module.Sequential(
+        [layers.Input((32, 32, 3)), layers.Flatten(), layers.Dense(512, activation="relu"),
+         layers.Dense(256, activation="relu"), layers.Dense(10)]
+    )
 
 
-def first_call(model, x, y):
-    """Seconds of the first train_on_batch (trace + compile + one step)."""
+MODELS = {"cnn": cnn, "resnet": resnet, "mlp": mlp}
+
+
+def keras3_model(build, m, jit):
+    """Keras 3 ERM (m None) or SAMModel with its default layout choice."""
+    model = build() if m is None else SAMModel(build(), rho=0.05, m=m)
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
+    return model
+
+
+def tf_keras_model(build, m, jit):
+    """tf_keras ERM (m None) or its SharpnessAwareMinimization with BATCH / m splits."""
+    import tf_keras
+
+    model = build(tf_keras)
+    if m is not None:
+        model = tf_keras.models.experimental.SharpnessAwareMinimization(model, rho=0.05, num_batch_splits=BATCH // m)
+    model.compile(optimizer=tf_keras.optimizers.SGD(0.01),
+                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
+    return model
+
+
+def timed_step(model, x, y):
     start = time.perf_counter()
     model.train_on_batch(x, y)
     return time.perf_counter() - start
 
 
-def interleaved_medians(models, x, y, steps):
-    """Median step time of each model, timed round-robin (one step of each per round), so that the
-    machine's drift during the run hits every configuration alike."""
+def until_tuned(model, x, y, max_steps=12):
+    """Seconds of the steps SAMModel's layout tuning takes after the first call (0 for the others)."""
+    if not isinstance(model, SAMModel):
+        return 0.0, ""
+    seconds = 0.0
+    for _ in range(max_steps):
+        if BATCH in model.shard_layouts:
+            break
+        seconds += timed_step(model, x, y)
+    layout = model.shard_layouts.get(BATCH)
+    return seconds, "" if layout is None else layout.describe(model.num_shards(BATCH))
+
+
+def round_robin_medians(models, x, y, rounds):
+    """Median step time of each model over `rounds` rounds of one step each, in turn."""
     times = [[] for _ in models]
-    for _ in range(steps):
+    for _ in range(rounds):
         for model, record in zip(models, times):
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            record.append(time.perf_counter() - start)
+            record.append(timed_step(model, x, y))
     return [statistics.median(t) for t in times]
 
 
 def step_peak_mb(model, x, y):
-    """Peak memory TensorFlow's CPU allocator holds during one step beyond what it held before (the
-    weights, optimizer slots and inputs of every model built so far), in MB; NaN where not reported."""
+    """Peak memory TensorFlow's CPU allocator holds during one step beyond what it held before, in MB."""
     try:
         tf.config.experimental.reset_memory_stats("CPU:0")
         before = tf.config.experimental.get_memory_info("CPU:0")["current"]
@@ -90,82 +136,108 @@ def step_peak_mb(model, x, y):
         return float("nan")
 
 
-def keras3_model(build, kind, m, jit):
-    model = build()
-    if kind == "sam":
-        model = SAMModel(model, rho=0.05, m=m)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy(**LOSS),
-                  jit_compile=jit)
-    return model
+def measure(name, jit, ms, rounds, with_tf_keras, x, y):
+    """Rows of one model and jit setting: every configuration built, first-called, tuned, then timed."""
+    build = MODELS[name]
+    configs = [("keras", None)] + [("keras", m) for m in ms]
+    if with_tf_keras:
+        configs += [("tf_keras", None)] + [("tf_keras", m) for m in ms]
+    models, first, tuning, layout = {}, {}, {}, {}
+    for framework, m in configs:
+        make = keras3_model if framework == "keras" else tf_keras_model
+        models[framework, m] = make(build, m, jit)
+        first[framework, m] = timed_step(models[framework, m], x, y)
+        tuning[framework, m], layout[framework, m] = until_tuned(models[framework, m], x, y)
+        print(f"  built {framework} {'ERM' if m is None else f'm={m}'}: first call {first[framework, m]:.1f} s"
+              + (f", tuning {tuning[framework, m]:.1f} s -> {layout[framework, m]}" if layout[framework, m] else ""),
+              flush=True)
+    medians = dict(zip(configs, round_robin_medians([models[c] for c in configs], x, y, rounds)))
+    memory = {c: step_peak_mb(models[c], x, y) for c in configs}
+    rows = []
+    for m in ms:
+        ours, erm = medians["keras", m], medians["keras", None]
+        row = {"model": name, "jit": jit, "m": m, "erm_ms": 1e3 * erm, "sam_ms": 1e3 * ours, "sam_vs_erm": ours / erm,
+               "first_call_s": first["keras", m], "tuning_s": tuning["keras", m], "layout": layout["keras", m],
+               "memory_mb": memory["keras", m], "erm_memory_mb": memory["keras", None]}
+        if with_tf_keras:
+            theirs = medians["tf_keras", m]
+            row.update(tf_keras_vs_erm=theirs / medians["tf_keras", None], tf_keras_vs_sam=theirs / ours,
+                       tf_keras_first_call_s=first["tf_keras", m], tf_keras_memory_mb=memory["tf_keras", m])
+        rows.append(row)
+    return rows
 
 
-def tf_keras_model(build, kind, splits, jit):
-    import tf_keras
+def print_rows(rows):
+    print(f"  {'m':>4} {'SAM/ERM':>8} {'tfk/tfkERM':>10} {'tfk/SAM':>8} {'first call':>15} {'tuning':>7}"
+          f" {'memory':>8}  layout")
+    for r in rows:
+        tfk = (f"{r['tf_keras_vs_erm']:10.2f} {r['tf_keras_vs_sam']:8.2f}" if "tf_keras_vs_sam" in r
+               else f"{'-':>10} {'-':>8}")
+        first = f"{r['first_call_s']:.1f}/{r.get('tf_keras_first_call_s', float('nan')):.1f} s"
+        print(f"  {r['m']:>4} {r['sam_vs_erm']:8.2f} {tfk} {first:>15} {r['tuning_s']:6.1f}s"
+              f" {r['memory_mb']:6.0f}MB  {r['layout']}", flush=True)
 
-    model = build(tf_keras)
-    if kind == "sam":
-        model = tf_keras.models.experimental.SharpnessAwareMinimization(model, rho=0.05, num_batch_splits=splits)
-    model.compile(optimizer=tf_keras.optimizers.SGD(0.01),
-                  loss=tf_keras.losses.SparseCategoricalCrossentropy(**LOSS), jit_compile=jit)
-    return model
 
-
-def report(name, first, median, erm, peak_mb):
-    print(f"  {name:<28} {median * 1e3:8.1f} ms  {median / erm:5.2f}x ERM   first call {first:5.1f} s   "
-          f"step memory {peak_mb:5.0f} MB", flush=True)
+def write_tables(rows, out):
+    os.makedirs(out, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(os.path.join(out, "step_time.csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| model | jit | m | ERM ms | SAMModel / ERM | tf_keras SAM / its ERM | tf_keras / SAMModel | "
+             "first call SAMModel / tf_keras (s) | tuning (s) | layout chosen | step memory (MB) |",
+             "|" + "---|" * 11]
+    for r in rows:
+        tfk = (f"{r['tf_keras_vs_erm']:.2f} | {r['tf_keras_vs_sam']:.2f} | "
+               f"{r['first_call_s']:.1f} / {r['tf_keras_first_call_s']:.1f}" if "tf_keras_vs_sam" in r
+               else f"- | - | {r['first_call_s']:.1f} / -")
+        lines.append(f"| {r['model']} | {'on' if r['jit'] else 'off'} | {r['m']} | {r['erm_ms']:.0f} | "
+                     f"{r['sam_vs_erm']:.2f} | {tfk} | {r['tuning_s']:.1f} | {r['layout']} | {r['memory_mb']:.0f} |")
+    with open(os.path.join(out, "step_time.md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["cnn", "resnet"], choices=sorted(MODELS))
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--ms", nargs="+", type=int, default=None, help="shard sizes (default: batch 32 8 1)")
+    parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
+    parser.add_argument("--ms", nargs="+", type=int, default=list(ALL_MS), help="shard sizes (divisors of 128)")
     parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
-    parser.add_argument("--no-tf-keras", action="store_true", help="skip tf_keras' SAM")
-    parser.add_argument("--quick", action="store_true", help="cnn only, 7 timed steps, m in (batch, 8, 1)")
+    parser.add_argument("--steps", type=int, default=5, help="timed rounds per model and jit setting")
+    parser.add_argument("--no-tf-keras", action="store_true", help="skip tf_keras")
+    parser.add_argument("--quick", action="store_true", help="the CNN only, m in (128, 8, 1), 5 rounds")
+    parser.add_argument("--out", default=None, help="directory for step_time.csv and step_time.md")
     args = parser.parse_args(argv)
-    ms = args.ms or [args.batch, 32, 8, 1]
     if args.quick:
-        args.models, args.steps, ms = ["cnn"], 7, args.ms or [args.batch, 8, 1]
-    for m in ms:
-        if m < 1 or m > args.batch:
-            parser.error(f"--ms: every m must be in 1..{args.batch} (the batch); got {m}")
-    try:
-        import tf_keras  # noqa: F401
-        have_tf_keras = not args.no_tf_keras
-    except ImportError:
-        have_tf_keras = False
-        print("tf_keras is not installed (pip install tf-keras): its SAM is skipped.")
+        args.models, args.ms = ["cnn"], [128, 8, 1]
+    for m in args.ms:
+        if m < 1 or BATCH % m:
+            parser.error(f"--ms: every m must divide the batch of {BATCH}; got {m}")
+    with_tf_keras = not args.no_tf_keras
+    if with_tf_keras:
+        try:
+            import tf_keras  # noqa: F401
+        except ImportError:
+            with_tf_keras = False
+            print("tf_keras is not installed (pip install tf-keras): its SAM is skipped.")
 
     rng = np.random.default_rng(0)
-    x = rng.uniform(size=(args.batch, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, size=(args.batch,))
-    print(f"batch {args.batch}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}; "
-          f"medians of {args.steps} interleaved steps, ratios to the ERM step of the same framework")
+    x = rng.uniform(size=(BATCH, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, size=(BATCH,))
+    print(f"batch {BATCH}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}; medians of "
+          f"{args.steps} round-robin rounds; ratios to the ERM step of the same framework, run and jit setting")
+    rows = []
     for name in args.models:
-        build = MODELS[name]
         for jit in args.jit:
-            jit_on = jit == "on"
-            print(f"\n{name}, jit_compile={jit_on}: median step, ratio, first call (trace + compile), memory a step adds", flush=True)
-            configs = [("Keras 3 ERM", keras3_model(build, "erm", None, jit_on), "Keras 3 ERM")]
-            configs += [(f"SAMModel m={m}", keras3_model(build, "sam", m, jit_on), "Keras 3 ERM") for m in ms]
-            if have_tf_keras:
-                configs.append(("tf_keras ERM", tf_keras_model(build, "erm", 1, jit_on), "tf_keras ERM"))
-                for m in ms:
-                    if args.batch // m > 32:
-                        print(f"  (tf_keras SAM m={m} skipped: {args.batch // m} splits, a loop too slow to time)")
-                        continue
-                    configs.append((f"tf_keras SAM m={m}", tf_keras_model(build, "sam", args.batch // m, jit_on),
-                                    "tf_keras ERM"))
-            firsts = [first_call(model, x, y) for _, model, _ in configs]
-            medians = dict(zip([c[0] for c in configs], interleaved_medians([c[1] for c in configs], x, y, args.steps)))
-            for (label, model, baseline), first in zip(configs, firsts):
-                report(label, first, medians[label], medians[baseline], step_peak_mb(model, x, y))
-            for m in ms:
-                if f"tf_keras SAM m={m}" in medians:
-                    speedup = medians[f"tf_keras SAM m={m}"] / medians[f"SAMModel m={m}"]
-                    print(f"  m={m}: tf_keras SAM step / SAMModel step = {speedup:.2f}")
+            print(f"\n{name}, jit_compile={jit == 'on'}", flush=True)
+            group = measure(name, jit == "on", args.ms, args.steps, with_tf_keras, x, y)
+            print_rows(group)
+            rows += group
+            keras.backend.clear_session()
+    if args.out:
+        write_tables(rows, args.out)
+        print(f"\nwrote {args.out}/step_time.csv and step_time.md")
+
 
 if __name__ == "__main__":
     main()

@@ -15,14 +15,13 @@ measures: `candidates` lists the layouts worth timing for a step (at most 3, the
 the guess used where nothing is measured (a step traced outside `fit`, and batch sizes other than the
 first one of `fit`, e.g. the short last batch).
 
-The guesses, measured on a 2-core CPU (docs/performance.md): without XLA, plain passes (oneDNN runs
-small batches at the two-pass floor; a `tf.while_loop` of them keeps the trace small); with XLA, plain
-passes up to 16 shards (XLA compiles them well), vectorized passes beyond (XLA on CPU runs a
+The guesses follow what was measured on CPUs (docs/performance.md): without XLA, plain passes (oneDNN
+runs small batches near the two-pass floor; a `tf.while_loop` of them keeps the trace small); with XLA,
+plain passes up to 16 shards (XLA compiles them well), vectorized passes beyond (XLA on CPU runs a
 `tf.while_loop` around convolutions tens of times slower, and compiles many unrolled passes slowly).
 """
 
 import dataclasses
-import time
 import typing
 
 MAX_UNROLLED_PASSES = 16
@@ -64,8 +63,8 @@ def vectorized_pass_size(num_shards, bytes_per_shard):
     MIN_SHARDS_PER_VECTORIZED_PASS shards (the smallest such divisor of k), unless the per-shard copies
     (`bytes_per_shard` each) of a pass that size exceed VECTORIZED_MEMORY_BUDGET: then the largest
     divisor of k that fits. A few passes rather than one: a pass of 128 one-example shards streams its
-    im2col patches through the caches once per convolution (passes of 32 measured 6-15 % faster, CPU);
-    at most 4, because each pass is compiled on its own."""
+    im2col patches through the caches once per convolution (passes of 32 were faster on CPU); at most 4,
+    because each pass is compiled on its own."""
     divisors = [d for d in range(1, num_shards + 1) if num_shards % d == 0]
     wanted = max(MIN_SHARDS_PER_VECTORIZED_PASS, -(-num_shards // MAX_VECTORIZED_PASSES))
     fits = max(1, VECTORIZED_MEMORY_BUDGET // max(1, bytes_per_shard))
@@ -135,12 +134,10 @@ class LayoutTuner:
     layout computes the same update, so tuning costs compile time and slower steps, never a wrong step.
     """
 
-    def __init__(self, options, timed_steps=TIMED_STEPS, clock=time.perf_counter):
+    def __init__(self, options, timed_steps=TIMED_STEPS):
         self.timings = [Timing(layout) for layout in options]
         self.timed_steps = timed_steps
-        self.clock = clock
         self.chosen = options[0] if len(options) == 1 else None
-        self.started = None
         self.tuning_s = 0.0
 
     def layout(self):

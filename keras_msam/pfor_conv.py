@@ -13,10 +13,8 @@ that write the convolution as im2col + one batched matmul over shards:
 For a stride-1 convolution the input gradient with per-shard filters is the same im2col product on dy
 with the flipped, transposed filter; strided ones keep TensorFlow's per-shard loop. The patches are
 strided slices of the padded input (XLA on CPU lowers `tf.image.extract_patches` to a one-hot
-convolution). Measured on the 6-conv CNN, batch 128, m = 1, 2-core CPU (m-SAM step / ERM step, the
-same run, 4 vectorized passes of 32 shards): 3.2x under XLA (TensorFlow's converters alone: 19-31x),
-3.9x without. Only NHWC SAME/VALID convolutions are handled; everything else goes to TensorFlow's own
-converters.
+convolution). What this buys is measured in docs/performance.md. Only NHWC SAME/VALID convolutions are
+handled; everything else goes to TensorFlow's own converters.
 """
 
 import tensorflow as tf

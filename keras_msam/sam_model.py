@@ -163,12 +163,13 @@ class SAMModel(keras.Model):
         if shards_per_pass not in (None, "auto"):
             _check_positive_int(shards_per_pass, "shards_per_pass", "'auto', None or shards per vectorized pass")
         self.inner = model
-        self.exclude = tuple(p.pattern for p in _compile_patterns(exclude))
-        self._perturbed = [not any(p.search(v.path) for p in _compile_patterns(exclude)) for v in model.trainable_variables]
+        patterns = _compile_patterns(exclude)
+        self.exclude = tuple(p.pattern for p in patterns)
+        self._perturbed = [not any(p.search(v.path) for p in patterns) for v in model.trainable_variables]
         self.bn_in_ascent = bn_in_ascent
         self.shards_per_pass = shards_per_pass
         self.rho_schedule = rho if callable(rho) else None
-        self._rho = keras.Variable(0.0 if callable(rho) else rho, trainable=False, name="sam_rho")
+        self._rho = keras.Variable(0.0 if callable(rho) else rho, trainable=False, dtype="float64", name="sam_rho")
         self._sam_enabled = bool(sam_enabled)
         self._sam_trackers = [keras.metrics.Mean(name=n) for n in SAM_LOGS]
         self._jit_updates = {}  # sam_enabled -> XLA-compiled update (several replicas, jit_compile)
@@ -210,10 +211,11 @@ class SAMModel(keras.Model):
         self._sam_enabled = bool(value)
 
     def current_rho(self):
-        """rho for this step as a float32 tensor (the schedule evaluated on optimizer.iterations)."""
+        """rho for this step as a float64 tensor (cast to each gradient's dtype where used; the schedule
+        evaluated on optimizer.iterations)."""
         if self.rho_schedule is None:
-            return tf.cast(self._rho, tf.float32)
-        return tf.cast(self.rho_schedule(self.optimizer.iterations), tf.float32)
+            return tf.cast(self._rho, tf.float64)
+        return tf.cast(self.rho_schedule(self.optimizer.iterations), tf.float64)
 
     # ----------------------------------------------------------------- shards
     def shard_size(self, batch):
@@ -248,16 +250,19 @@ class SAMModel(keras.Model):
                 "(or m=None for one shard per batch), or a larger batch_size (m is per replica)."
             )
 
-    def _shard_plan(self, batch):
-        """(m, warning or None) for a step on a per-replica batch of static size `batch`."""
+    def _shard_plan(self, batch, layout):
+        """(m, layout) for a step on a per-replica batch; warns once per traced batch size when m does not
+        fit it. A batch size known only at run time: m as set (or the batch), see `shards.run_shards`."""
+        if not isinstance(batch, int):
+            return self.m or batch, None
         m = self.shard_size(batch)
         if self.m is not None and self.m > batch:
-            return m, (f"a batch of {batch} examples per replica is smaller than m={self.m}: it runs as "
-                       f"one shard of {batch} (e.g. the short last batch of an epoch).")
-        if batch % m:
-            return m, (f"m={m} does not divide the per-replica batch of {batch}: the last shard has "
-                       f"{batch % m} examples (weighted by its size).")
-        return m, None
+            warnings.warn(f"SAMModel: a batch of {batch} examples per replica is smaller than m={self.m}: it runs "
+                          f"as one shard of {batch} (e.g. the short last batch of an epoch).", stacklevel=3)
+        elif batch % m:
+            warnings.warn(f"SAMModel: m={m} does not divide the per-replica batch of {batch}: the last shard has "
+                          f"{batch % m} examples (weighted by its size).", stacklevel=3)
+        return m, layout or (self.layout_for(batch) if m < batch else None)
 
     # ----------------------------------------------------------------- Keras plumbing
     def call(self, inputs, training=False):
@@ -391,15 +396,9 @@ class SAMModel(keras.Model):
     def _sam_update(self, weights, state, batch, rho, layout):
         """Sum over shards of |S_j|/b * (G_j, losses, norms); predictions and state from the passes at w."""
         b = shards.leading_dim(batch)
-        if isinstance(b, int):
-            m, warning = self._shard_plan(b)
-            if warning:
-                warnings.warn(f"SAMModel: {warning}", stacklevel=2)
-            layout = layout or (self.layout_for(b) if m < b else None)
-        else:  # traced for any batch size: shards of min(m, b), see shards.run_shards
-            m = self.m or b
-        if isinstance(b, int) and b == 0:  # a replica without examples (a short last batch): as Keras does
-            return self._erm_update(weights, state, batch)
+        if isinstance(b, int) and b == 0:
+            return self._empty_update(weights, state, batch)
+        m, layout = self._shard_plan(b, layout)
         connected = []
 
         def shard_fn(shard, shard_state):
@@ -411,6 +410,14 @@ class SAMModel(keras.Model):
                 "m": tf.cast(self.m or self.first_batch or m, tf.float32)}  # the full batches' m, every step
         grads = [g if c else None for g, c in zip(grads, connected)]  # None: Keras skips it and warns
         return grads, y_pred, state, logs
+
+    def _empty_update(self, weights, state, batch):
+        """A replica without examples (a last batch smaller than the number of replicas): no gradient, no
+        change of state, zero logs (a plain Keras model's BatchNorm turns such a step into NaN weights)."""
+        _, y_pred, _ = self._forward(weights, state, batch, training=False)
+        zero = tf.zeros((), tf.float32)
+        logs = dict.fromkeys(("loss", "sam_loss", "sharpness", "grad_norm", "eps_norm", "grad_cosine"), zero)
+        return [tf.zeros_like(w) for w in weights], y_pred, state, {**logs, "m": tf.cast(self.m or self.first_batch or 0, tf.float32)}
 
     def _shard_update(self, weights, state, shard, rho, connected):
         """One shard: ascent from w to w + eps, gradient there (the caller weights by |S_j| / b)."""

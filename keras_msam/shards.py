@@ -199,11 +199,11 @@ def _run_dynamic(shard_fn, batch, state, kinds, m):
         return summed, tree.map_structure(lambda t: t[None], (y_pred, new_state))
 
     summed, (y_pred, states) = _loop(run_pass, k)
-    summed, y_pred = _scaled(summed, tf.cast(m, tf.float32) / tf.cast(b, tf.float32)), _unstack_shards(y_pred)
+    summed, y_pred = _scaled(summed, tf.cast(m, tf.float64) / tf.cast(b, tf.float64)), _unstack_shards(y_pred)
 
     def with_rest():
         r_summed, r_pred, r_state = shard_fn(slice_batch(batch, full), [s[0] for s in shard_states(state, kinds, k[None])])
-        weight = tf.cast(b - full, tf.float32) / tf.cast(b, tf.float32)
+        weight = tf.cast(b - full, tf.float64) / tf.cast(b, tf.float64)
         return (tree.map_structure(tf.add, summed, _scaled(r_summed, weight)),
                 tree.map_structure(lambda a, c: tf.concat([a, c], 0), y_pred, r_pred),
                 [tf.concat([s, r[None]], 0) for s, r in zip(states, r_state)])

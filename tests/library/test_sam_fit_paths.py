@@ -134,3 +134,13 @@ def test_a_step_traced_for_any_batch_size_equals_static_steps():
     static.train_on_batch(x, y)
     for got, want in zip(weights(dynamic), weights(static)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_replica_without_examples_takes_an_empty_step(mirrored):
+    """17 examples at batch 8 on 2 replicas: the last batch of 1 leaves one replica without examples. It
+    contributes no gradient and no BatchNorm statistics (plain Keras ends with NaN weights here)."""
+    x, y = data()
+    model = compiled(mirrored, 2, False)
+    history = model.fit(x[:17], y[:17], batch_size=BATCH, epochs=1, shuffle=False, verbose=0).history
+    assert model.optimizer.iterations.numpy() == 3 and np.isfinite(history["loss"][0])
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.inner.variables)
