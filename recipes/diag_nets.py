@@ -350,6 +350,9 @@ def rho_grid(config):
         xs = [r["rho"] for r in results[method]]
         ys = [outputs.finite_or_nan(r["test_loss"]) for r in results[method]]
         ax.plot(xs, ys, "o-", color=color, label=label)
+        diverged = [x for x, y in zip(xs, ys) if not np.isfinite(y)]
+        ax.plot(diverged, [1.0] * len(diverged), "x", ms=9, mew=2, color=color, transform=ax.get_xaxis_transform(),
+                clip_on=False, label=f"{label} diverged" if diverged else None)
     ax.set(xscale="log", yscale="log", xlabel=r"$\rho$", ylabel="test loss",
            title=f"Diagonal net, $\\gamma = {config.lr_c:g}/d$, {config.steps} steps, {config.dtype}")
     ax.legend()
@@ -506,7 +509,7 @@ def implicit_bias_experiment(config):
                         r.get("log_shrinkage", {}).get("measured_sum"), r.get("log_shrinkage", {}).get("first_order_sum"))
                        for m, r in results.items()])
     plt = outputs.pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     coordinates = np.arange(1, config.d + 1)
     for method, color in (("erm", "red"), ("n-sam", "tab:blue"), ("1-sam", "tab:green")):
         res = results[method]
@@ -514,12 +517,12 @@ def implicit_bias_experiment(config):
                 label=f"{method}: geomean {res['alpha_per_coordinate_geomean']:.3g}, fit {res['effective_alpha']:.3g}")
         if method in SAM_METHODS:
             first_order = np.exp(erm_log_a + np.asarray(res["log_shrinkage"]["first_order"]))
-            ax.plot(coordinates, first_order, ":", color=color, label=f"{method}: first order in rho (Theorem 1)")
+            ax.plot(coordinates, first_order, "x:", ms=5, color=color, label=f"{method}: first order in rho (Theorem 1)")
     ax.axhline(config.alpha / 2, color="gray", ls=":", label=f"init: alpha/2 = {config.alpha / 2:g}")
     ax.set(yscale="log", xlabel=f"coordinate i (1-{config.r}: support of beta*)",
            ylabel=r"$\sqrt{u_i^2 - v_i^2}\,/\,2$",
            title=f"Effective scale, $\\gamma = {config.lr_c:g}/d$, $\\rho = {config.rho:g}$, {config.steps} steps")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     outputs.save_figure(fig, f"{config.out}/implicit_bias.png")
     return summary
 

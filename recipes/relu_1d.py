@@ -236,7 +236,7 @@ def _plot(runs, path):
     grid = np.linspace(x.min() - 0.05, x.max() + 0.05, 1000)
     columns = min(len(runs), 3)
     rows = math.ceil(len(runs) / columns)
-    fig, axes = outputs.pyplot().subplots(rows, columns, figsize=(6 * columns, 4.2 * rows), squeeze=False)
+    fig, axes = outputs.pyplot().subplots(rows, columns, figsize=(5.5 * columns, 3.9 * rows), squeeze=False)
     for ax in axes.flat[len(runs):]:
         ax.set_visible(False)
     for ax, run in zip(axes.flat, runs):
@@ -249,8 +249,8 @@ def _plot(runs, path):
                 ax.axvline(t, color=color, alpha=0.25, lw=0.8)
         title = f"seed {run['erm']['seed']}: ERM {run['erm']['steps']} steps, SAM {run['sam']['steps']} steps"
         ax.set(xlabel="x", ylabel="f(x)", title=title)
-        ax.legend(fontsize=8)
-    outputs.save_figure(fig, path)
+        ax.legend(fontsize=7)
+    outputs.save_figure(fig, path, dpi=100)
 
 
 def _main(config):

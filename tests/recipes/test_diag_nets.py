@@ -185,7 +185,7 @@ def test_effective_alpha_shrinks_as_theorem_1_says(data, tmp_path):
         assert res["train_loss"] < 1e-8  # converged: the theorem's assumption
         a = np.asarray(res["alpha_per_coordinate"])
         target = implicit_bias.min_entropy_interpolator(data[0], data[1], a)
-        assert np.linalg.norm(np.asarray(res["beta"]) - target) < 0.02
+        assert np.linalg.norm(np.asarray(res["beta"]) - target) < 1e-3  # measured: 2e-5, 1e-4, 4e-4
     n_sam, one_sam = summary["n-sam"]["log_shrinkage"], summary["1-sam"]["log_shrinkage"]
     assert n_sam["measured_sum"] == pytest.approx(n_sam["first_order_sum"], rel=0.1)  # measured: -0.600 vs -0.573
     # 1-SAM: rho * ||Delta|| ~ 20 is far from first order; it shrinks more, but by the same order
@@ -232,7 +232,10 @@ def test_interpolation_reproduces_the_notebooks_cell_7(tmp_path):
     assert summary["min_test_loss"]["test_loss"] == pytest.approx(2.446e-5, rel=1e-3)
     assert (train[0], train[-1]) == pytest.approx((1.3419e-2, 1.7127e-2), rel=1e-3)
     initial_loss = diag_net.loss(*diag_net.make_data()[:2], np.zeros(D))
-    assert summary["max_train_loss_on_segment"] < 1e-3 * initial_loss  # no barrier between the two minima
+    # linearly connected on the papers' linear scale: the segment stays ~1000x below the loss at init (the
+    # notebook's own comment: only approximately on a log scale, the ends being at 3.9e-6 and 4.8e-5)
+    assert summary["max_train_loss_on_segment"] < 2e-3 * initial_loss
+    assert summary["max_train_loss_on_segment"] < min(train[0], train[-1]) / 10  # and it rises well outside
     assert (tmp_path / "interpolation.png").stat().st_size > 10_000
 
 
