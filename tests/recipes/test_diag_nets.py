@@ -195,6 +195,31 @@ def test_effective_alpha_shrinks_as_theorem_1_says(data, tmp_path):
     assert scalar["1-sam"] < 0.5 * min(scalar["erm"], scalar["n-sam"])
 
 
+def test_first_order_deltas_predict_the_papers_sam_shrinkage_at_small_rho(data):
+    """`implicit_bias.first_order_deltas` against the papers' update rules: log a_SAM,i - log a_ERM,i =
+    -rho * Delta_i + O(rho^2), the error of the prediction falling like rho^2 against a signal like rho."""
+    X, y = data[0], data[1]
+    gamma, steps = 1.0 / D, 3000
+
+    def scale(method, rho):
+        u, v = np.full(D, 0.1), np.zeros(D)
+        for _ in range(steps):
+            u, v = _papers_step(method, X, y, u, v, gamma, rho)
+        return implicit_bias.alpha_per_coordinate(u, v)
+
+    deltas = implicit_bias.first_order_deltas(X, y, 0.1, gamma, steps)
+    log_a_erm = np.log(scale("gd", 0.0))
+    assert deltas["1-sam"].sum() > 10 * deltas["n-sam"].sum() > 0  # ~2n times more for 1-SAM
+    for method in dn.SAM_METHODS:
+        errors = []
+        for rho in (1e-3, 1e-4):
+            measured, predicted = np.log(scale(method, rho)) - log_a_erm, -rho * deltas[method]
+            np.testing.assert_allclose(measured, predicted, rtol=0.02, atol=1e-3 * np.abs(predicted).max())
+            errors.append(np.abs(measured - predicted).max())
+        assert errors[1] < errors[0] / 5  # second order: 100x smaller at 10x smaller rho, up to rounding
+    assert deltas["integral_of_loss"] > 0
+
+
 @pytest.mark.slow
 def test_switch_reproduces_the_notebooks_cell_5(tmp_path):
     """gamma = 1/d; ERM -> 1-SAM with rho = 10 and 1-SAM (rho = 0.175) -> ERM, unnormalized, 10^4 + 1 steps per

@@ -110,46 +110,6 @@ def test_alpha_per_coordinate_at_init_and_under_gradient_flow(sparse_problem):
     assert np.linalg.norm(u * v - target) < 0.02 * np.linalg.norm(target)
 
 
-def _papers_run(X, y, method, gamma, rho, steps):
-    """The papers' GD / n-SAM / 1-SAM update rules (diagonal_linear_nets/diag_nets.py) from u0 = 0.1, v0 = 0."""
-    n, d = X.shape
-    u, v = np.full(d, 0.1), np.zeros(d)
-    for _ in range(steps):
-        r = X @ (u * v) - y
-        if method == "gd":
-            g = X.T @ r / n
-            u, v = u - gamma * g * v, v - gamma * g * u
-        elif method == "n-sam":
-            g = X.T @ r / n
-            us, vs = u + rho * g * v, v + rho * g * u
-            g = X.T @ (X @ (us * vs) - y) / n
-            u, v = u - gamma * g * vs, v - gamma * g * us
-        else:
-            U, V = u + 2 * rho * r[:, None] * X * v, v + 2 * rho * r[:, None] * X * u
-            rk = np.sum(X * U * V, 1) - y
-            u, v = u - gamma * np.mean(rk[:, None] * V * X, 0), v - gamma * np.mean(rk[:, None] * U * X, 0)
-    return u, v
-
-
-def test_first_order_deltas_predict_the_papers_sam_shrinkage_at_small_rho(sparse_problem):
-    """log a_SAM,i - log a_ERM,i = -rho * Delta_i + O(rho^2) for the papers' update rules; the error of the
-    first-order prediction shrinks with rho (as rho^2 against a signal of order rho)."""
-    X, y, _ = sparse_problem
-    gamma, steps = 1.0 / X.shape[1], 3000
-    deltas = ib.first_order_deltas(X, y, 0.1, gamma, steps)
-    log_a_erm = np.log(ib.alpha_per_coordinate(*_papers_run(X, y, "gd", gamma, 0.0, steps)))
-    assert deltas["1-sam"].sum() > 10 * deltas["n-sam"].sum() > 0  # ~2n times more for 1-SAM
-    for method in ("n-sam", "1-sam"):
-        errors = []
-        for rho in (1e-3, 1e-4):
-            measured = np.log(ib.alpha_per_coordinate(*_papers_run(X, y, method, gamma, rho, steps))) - log_a_erm
-            predicted = -rho * deltas[method]
-            np.testing.assert_allclose(measured, predicted, rtol=0.02, atol=1e-3 * np.abs(predicted).max())
-            errors.append(np.abs(measured - predicted).max())
-        assert errors[1] < errors[0] / 5  # second order: 100x smaller at 10x smaller rho, up to rounding
-    assert deltas["integral_of_loss"] > 0
-
-
 def test_bad_inputs_name_the_parameter(sparse_problem):
     X, y, _ = sparse_problem
     with pytest.raises(ValueError, match="alpha must be a finite float > 0"):
