@@ -46,7 +46,9 @@ class DiagonalLinear(keras.layers.Layer):
 
     def build(self, input_shape):
         d = input_shape[-1]
-        self.u = self.add_weight(shape=(d,), initializer=keras.initializers.Constant(self.alpha), name="u")
+        # not keras.initializers.Constant: it rounds alpha to float32 before casting to a float64 weight
+        self.u = self.add_weight(shape=(d,), initializer=lambda shape, dtype: ops.full(shape, self.alpha, dtype=dtype),
+                                 name="u")
         self.v = self.add_weight(shape=(d,), initializer="zeros", name="v")
 
     def call(self, x):
@@ -56,15 +58,16 @@ class DiagonalLinear(keras.layers.Layer):
         return {**super().get_config(), "alpha": self.alpha}
 
 
-def make_model(d, alpha):
+def make_model(d, alpha, *, dtype=None):
     """The diagonal linear network on d inputs, initialised at u0 = alpha, v0 = 0 (a built Keras model;
-    its layer "diag" holds u and v)."""
+    its layer "diag" holds u and v). `dtype` (e.g. "float64"): of the input and the weights (default:
+    Keras' global dtype policy, float32 unless set)."""
     if not isinstance(d, (int, np.integer)) or d < 1:
         raise ValueError(f"d must be a positive int (input dimension); got d={d!r}.")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0 (init scale u0 = alpha); got alpha={alpha!r}.")
-    inputs = keras.Input(shape=(int(d),))
-    return keras.Model(inputs, DiagonalLinear(alpha, name="diag")(inputs), name="diag_net")
+    inputs = keras.Input(shape=(int(d),), dtype=dtype)
+    return keras.Model(inputs, DiagonalLinear(alpha, name="diag", dtype=dtype)(inputs), name="diag_net")
 
 
 def weights(model, dtype="float64"):

@@ -58,6 +58,24 @@ def loss(weights):
         return float(0.5 * np.sum(r * r))
 
 
+def gradient(weights):
+    """Gradient [dW, db, da] of `loss` (0.5 * sum of squares over the 12 points) in float64 NumPy."""
+    w1, b1, w2 = (np.asarray(w, np.float64) for w in weights)
+    pre = X_DATA @ w1 + b1
+    hidden = np.maximum(pre, 0.0)
+    residual = hidden @ w2 - Y_DATA
+    back = (residual @ w2.T) * (pre > 0)
+    return [X_DATA.T @ back, back.sum(axis=0), hidden.T @ residual]
+
+
+def perturbed_loss(weights, rho, normalize=True):
+    """`loss` at w + eps, eps = rho * g / ||g|| (normalized, over all weights) or rho * g: the loss the
+    papers' notebook tests for stopping a SAM run."""
+    grad = gradient(weights)
+    scale = rho / (np.sqrt(sum(np.sum(g * g) for g in grad)) + 1e-12) if normalize else rho
+    return loss([np.asarray(w, np.float64) + scale * g for w, g in zip(weights, grad)])
+
+
 def count_kinks(weights, x_range=None, slope_tol=1.0, merge_tol=1e-3):
     """Kinks of the learned function inside x_range (default: the data range); returns (count, locations).
 

@@ -122,3 +122,7 @@ def test_bad_inputs_name_the_parameter(sparse_problem):
         ib.effective_alpha(np.ones(4), X, y)
     with pytest.raises(ValueError, match="u and v must have the same shape"):
         ib.alpha_per_coordinate(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="gamma must be a finite float > 0"):
+        ib.first_order_deltas(X, y, 0.1, 0.0, 10)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        ib.first_order_deltas(X, y, 0.1, 0.01, 0)
