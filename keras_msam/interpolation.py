@@ -187,17 +187,19 @@ def interpolate(
     return results
 
 
-def plot_interpolation(results, path, title=None):
-    """Saves a PNG: loss (left) and error (right) on train and test along alpha. Returns the path."""
-    import matplotlib
+def interpolation_figure(results, title=None, plt=None):
+    """A figure: loss (left) and error (right) on train and test along alpha. `plt`: matplotlib.pyplot
+    (default: imported on the Agg backend)."""
+    if plt is None:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-"), ("test", "--")):
-        ax_loss.plot(results["alpha"], results[f"{split}_loss"], style, marker="o", label=split)
-        ax_err.plot(results["alpha"], results[f"{split}_error"], style, marker="o", label=split)
+        ax_loss.plot(results["alpha"], results[f"{split}_loss"], style, marker="o", markersize=3, label=split)
+        ax_err.plot(results["alpha"], results[f"{split}_error"], style, marker="o", markersize=3, label=split)
     for ax, name in ((ax_loss, "loss"), (ax_err, "error")):
         ax.axvline(0.0, color="gray", lw=0.5)
         ax.axvline(1.0, color="gray", lw=0.5)
@@ -207,6 +209,14 @@ def plot_interpolation(results, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_interpolation(results, path, title=None):
+    """Saves `interpolation_figure(results, title)` as a PNG. Returns the path."""
+    fig = interpolation_figure(results, title)
     fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
     return path
