@@ -63,7 +63,7 @@ class ResNetConfig(SharpnessSettings):
     norm: Optional[str] = setting(None, "normalisation layers (default: the model's: group for *_gn, else batch)",
                                   choices=("batch", "group"))
     # m-SAM
-    rho: float = setting(0.1, "radius of the ascent")
+    rho: float = setting(0.1, "radius of the ascent (0: ERM, one pass per step)")
     m: Optional[int] = setting(None, "examples per SAM shard, per replica (default: the per-replica batch)")
     normalize: bool = setting(True, "normalized ascent rho g / ||g|| (--no-normalize: the papers' --sam_no_grad_norm, "
                                     "eps = s min(1, rho / ||s||), s = step_mult rho (m / b) g)")
@@ -285,7 +285,8 @@ def train(config, callbacks=()):
                                         seed=config.seed)
         val_ds = images.eval_dataset(data.x_val, data.y_val, config.eval_batch_size) if len(data.y_val) else None
 
-        window = PapersSAMWindow(*config.sam_window, epochs=config.epochs)
+        # rho = 0: plain ERM steps (one pass over the batch), not SAM steps with eps = 0
+        window = PapersSAMWindow(*(config.sam_window if config.rho > 0 else (0.0, 0.0)), epochs=config.epochs)
         with strategy.scope():
             net = get_model(config.model, data.num_classes, config.width, config.norm, weight_decay=config.wd)
             model = SAMModel(net, rho=config.rho, m=m, sam_enabled=window.active(0),

@@ -47,8 +47,10 @@ class SharpnessSettings:
     sharpness_m: tuple[int, ...] = setting((), "m-sharpness with each of these m (e.g. 1 4 16 64 128; none: off)")
     sharpness_rho: float = setting(0.1, "m-sharpness: radius (the papers' 0.1 for every model, ERM included)")
     sharpness_points: int = setting(256, "m-sharpness: the first N training points, clean labels")
-    sharpness_steps: int = setting(20, "m-sharpness: normalized ascent steps, each projected onto the rho-ball")
+    sharpness_steps: int = setting(20, "m-sharpness: ascent steps, each projected onto the rho-ball")
     sharpness_step_mult: float = setting(0.1, "m-sharpness: ascent step size as a multiple of rho")
+    sharpness_normalize: bool = setting(True, "m-sharpness: normalized steps (--no-sharpness-normalize: "
+                                              "step_mult rho g, the papers' --no_grad_norm)")
     sharpness_restarts: int = setting(1, "m-sharpness: ascents per batch (the worst one counts)")
     sharpness_random_init: bool = setting(False, "m-sharpness: random starts on the rho-sphere with the papers' "
                                                  "targeted objective")
@@ -93,6 +95,7 @@ def measure_sharpness(net, data, settings, out=None, seed=0):
         rho=settings.sharpness_rho,
         steps=settings.sharpness_steps,
         step_mult=settings.sharpness_step_mult,
+        normalize=settings.sharpness_normalize,
         n=points,
         restarts=settings.sharpness_restarts,
         random_init=settings.sharpness_random_init,
