@@ -1,7 +1,8 @@
-"""PreAct ResNets on CIFAR-10 / CIFAR-100 with m-SAM: the deep-net experiments of the m-SAM papers.
+"""ResNets on CIFAR-10 / CIFAR-100 with m-SAM: the deep-net experiments of the m-SAM papers.
 
-    msam resnet --dataset cifar10 --model resnet18 --rho 0.1 --m 16 --epochs 200 \
-        --batch-size 128 --lr 0.1 --wd 5e-4 --schedule piecewise --out runs/c10_m16
+    msam resnet --dataset cifar10 --rho 0.1 --ascent-steps 1 --lr 0.1 --schedule piecewise \
+        --model resnet18_gn --width 64 --epochs 200 --batch-size 128 --wd 5e-4 --out runs/c10   # the papers' README
+    msam resnet interpolate --weights-a A.weights.h5 --weights-b B.weights.h5       # recipes.resnet_analysis
 
 A config (`ResNetConfig`, whose defaults are the papers' settings) over the library
 (`keras_msam.SAMModel`, `keras_msam.models`, `keras_msam.schedules`, `keras_msam.callbacks`), the data

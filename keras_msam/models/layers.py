@@ -12,11 +12,14 @@
   with scale 1 and offset 0.
 - `weight_decay=lambda` adds 0.5 * lambda * ||w||^2 over every weight (kernels, biases, scales, offsets)
   as Keras regularisation losses: SGD's coupled weight decay, as in the papers' objective.
+
+`build_resnet` assembles both families (stem, stages, head) around their block functions.
 """
 
 import keras
 
 NORMS = ("batch", "group")
+BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # depth -> blocks per stage
 
 
 def conv_initializer():
@@ -83,24 +86,44 @@ class LayerFactory:
         )(x)
 
 
-def check_common(num_classes, input_shape):
+def build_resnet(block, depth_or_blocks, num_classes, width, norm, input_shape, weight_decay, name, post_activation):
+    """The network around `block(layers, x, filters, stride, name)`: stem conv3x3(width) (+ norm and ReLU
+    when `post_activation`), stages of width * 2**i channels, the first block of every stage after the
+    first at stride 2, (+ norm and ReLU when not `post_activation`), global average pool, dense logits."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2; got num_classes={num_classes!r}.")
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
         raise ValueError(f"input_shape must be (height, width, channels) of positive ints; got input_shape={input_shape!r}.")
-    return shape
+    blocks = _resolve_blocks(depth_or_blocks)
+    layers = LayerFactory(norm, width, weight_decay)
+    inputs = keras.Input(shape=shape, name="image")
+    x = layers.conv(inputs, width, 3, 1, "stem_conv")
+    if post_activation:
+        x = keras.layers.ReLU(name="stem_relu")(layers.norm(x, "stem_norm"))
+    for stage, num_blocks in enumerate(blocks):
+        for index in range(num_blocks):
+            stride = 2 if stage > 0 and index == 0 else 1
+            x = block(layers, x, width * 2**stage, stride, f"stage{stage + 1}_block{index + 1}")
+    if not post_activation:
+        x = keras.layers.ReLU(name="final_relu")(layers.norm(x, "final_norm"))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.dense(x, num_classes, "logits")
+    if name is None:
+        depth = {v: k for k, v in BLOCKS.items()}.get(blocks)
+        name = ("resnet" if post_activation else "preact_resnet") + (str(depth) if depth else "")
+    return keras.Model(inputs, outputs, name=name)
 
 
-def resolve_blocks(depth_or_blocks, known):
-    """Blocks per stage from a depth in `known` (depth -> blocks) or an explicit sequence."""
+def _resolve_blocks(depth_or_blocks):
+    """Blocks per stage from a depth of `BLOCKS` or an explicit sequence."""
     if isinstance(depth_or_blocks, int) and not isinstance(depth_or_blocks, bool):
-        if depth_or_blocks not in known:
+        if depth_or_blocks not in BLOCKS:
             raise ValueError(
-                f"depth={depth_or_blocks} is not a known ResNet depth; use one of {sorted(known)} "
+                f"depth={depth_or_blocks} is not a known ResNet depth; use one of {sorted(BLOCKS)} "
                 "or pass the blocks per stage explicitly, e.g. blocks=(2, 2, 2, 2)."
             )
-        return known[depth_or_blocks]
+        return BLOCKS[depth_or_blocks]
     blocks = tuple(depth_or_blocks)
     if not blocks or not all(isinstance(b, int) and b >= 1 for b in blocks):
         raise ValueError(

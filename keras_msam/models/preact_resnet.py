@@ -21,9 +21,7 @@ Layer names: `stem_conv`; per block `stage{s}_block{i}_{norm1,relu1,conv1,norm2,
 
 import keras
 
-from keras_msam.models.layers import LayerFactory, check_common, resolve_blocks
-
-BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+from keras_msam.models.layers import build_resnet
 
 
 def _block(layers, x, filters, stride, name):
@@ -60,19 +58,5 @@ def preact_resnet(
         weight_decay: lambda of the 0.5 * lambda * ||w||^2 penalty on all weights (0: none).
         name: the model's name (default "preact_resnet{depth}" / "preact_resnet").
     """
-    blocks = resolve_blocks(depth_or_blocks, BLOCKS)
-    input_shape = check_common(num_classes, input_shape)
-    layers = LayerFactory(norm, width, weight_decay)
-    if name is None:
-        depth = {v: k for k, v in BLOCKS.items()}.get(blocks)
-        name = f"preact_resnet{depth}" if depth else "preact_resnet"
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.conv(inputs, width, 3, 1, "stem_conv")
-    for stage, num_blocks in enumerate(blocks):
-        for index in range(num_blocks):
-            stride = 2 if stage > 0 and index == 0 else 1
-            x = _block(layers, x, width * 2**stage, stride, f"stage{stage + 1}_block{index + 1}")
-    x = keras.layers.ReLU(name="final_relu")(layers.norm(x, "final_norm"))
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = layers.dense(x, num_classes, "logits")
-    return keras.Model(inputs, outputs, name=name)
+    return build_resnet(_block, depth_or_blocks, num_classes, width, norm, input_shape, weight_decay, name,
+                        post_activation=False)

@@ -18,9 +18,7 @@ block of stages 1-4); `pool` (the papers' block 5), `logits`.
 
 import keras
 
-from keras_msam.models.layers import LayerFactory, check_common, resolve_blocks
-
-BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+from keras_msam.models.layers import build_resnet
 
 
 def _block(layers, x, filters, stride, name):
@@ -49,19 +47,5 @@ def resnet(
 
     Args: as `keras_msam.models.preact_resnet` (depth 18 -> (2, 2, 2, 2), 34 -> (3, 4, 6, 3)).
     """
-    blocks = resolve_blocks(depth_or_blocks, BLOCKS)
-    input_shape = check_common(num_classes, input_shape)
-    layers = LayerFactory(norm, width, weight_decay)
-    if name is None:
-        depth = {v: k for k, v in BLOCKS.items()}.get(blocks)
-        name = f"resnet{depth}" if depth else "resnet"
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.conv(inputs, width, 3, 1, "stem_conv")
-    x = keras.layers.ReLU(name="stem_relu")(layers.norm(x, "stem_norm"))
-    for stage, num_blocks in enumerate(blocks):
-        for index in range(num_blocks):
-            stride = 2 if stage > 0 and index == 0 else 1
-            x = _block(layers, x, width * 2**stage, stride, f"stage{stage + 1}_block{index + 1}")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = layers.dense(x, num_classes, "logits")
-    return keras.Model(inputs, outputs, name=name)
+    return build_resnet(_block, depth_or_blocks, num_classes, width, norm, input_shape, weight_decay, name,
+                        post_activation=True)
