@@ -1,7 +1,8 @@
-"""PreAct ResNets on CIFAR-10 / CIFAR-100 with m-SAM: the deep-net experiments of the m-SAM papers.
+"""ResNets on CIFAR-10 / CIFAR-100 with m-SAM: the deep-net experiments of the m-SAM papers.
 
-    msam resnet --dataset cifar10 --model resnet18 --rho 0.1 --m 16 --epochs 200 \
-        --batch-size 128 --lr 0.1 --wd 5e-4 --schedule piecewise --out runs/c10_m16
+    msam resnet --dataset cifar10 --rho 0.1 --ascent-steps 1 --lr 0.1 --schedule piecewise \
+        --model resnet18_gn --width 64 --epochs 200 --batch-size 128 --wd 5e-4 --out runs/c10   # the papers' README
+    msam resnet interpolate --weights-a A.weights.h5 --weights-b B.weights.h5       # recipes.resnet_analysis
 
 A config (`ResNetConfig`, whose defaults are the papers' settings) over the library
 (`keras_msam.SAMModel`, `keras_msam.models`, `keras_msam.schedules`, `keras_msam.callbacks`), the data
@@ -13,6 +14,7 @@ network's weights, e.g. for `keras_msam.interpolation`) and `results.json`.
 """
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -24,11 +26,13 @@ import tensorflow as tf
 
 from keras_msam import SAMModel, schedules
 from keras_msam.callbacks import RhoSchedule, SAMWindow
-from keras_msam.models import REGISTRY, get_model
+from keras_msam.models import REGISTRY, get_model, model_norm
 from keras_msam.tuning import per_replica_batch
 from recipes import config as config_lib
 from recipes import outputs, runner
 from recipes.config import Experiment, checking_settings, setting
+from recipes.resnet_analysis import (INTERPOLATE, SHARPNESS, SharpnessSettings, measure_sharpness, print_analyses,
+                                     swa_callbacks)
 from recipes.tasks import images
 
 SCHEDULES = ("piecewise", "cosine", "cyclic", "constant", "largestep")
@@ -36,8 +40,9 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclasses.dataclass
-class ResNetConfig:
-    """Every setting of a run; the defaults are the papers' (ResNet-18, CIFAR-10, 200 epochs)."""
+class ResNetConfig(SharpnessSettings):
+    """Every setting of a run; the defaults are the papers' headline run (README: resnet18_gn, CIFAR-10, 200
+    epochs, batch 128 = m, rho 0.1, lr 0.1 piecewise, wd 5e-4)."""
 
     # data
     dataset: str = setting("cifar10", "TFDS dataset, or synthetic random data", choices=images.DATASETS)
@@ -51,20 +56,26 @@ class ResNetConfig:
     synthetic_size: tuple[int, int] = setting((1024, 256), "synthetic: train + validation, test examples",
                                               metavar=("TRAIN", "TEST"))
     # model
-    model: str = setting("resnet18", "network", choices=tuple(sorted(REGISTRY)))
+    model: str = setting("resnet18_gn", "network, by the papers' names (keras_msam.models): resnet18(_gn) PreAct "
+                                        "BatchNorm (GroupNorm), resnet34 post-activation, resnet34preact, resnet34_gn, "
+                                        "resnet_tiny(_gn), resnet18_plain post-activation; tiny: ours, for tests",
+                         choices=tuple(sorted(REGISTRY)))
     width: Optional[int] = setting(None, "channels of the first stage (default: the model's, 64; 8 for tiny)")
-    norm: str = setting("batch", "normalisation layers", choices=("batch", "group"))
+    norm: Optional[str] = setting(None, "normalisation layers (default: the model's: group for *_gn, else batch)",
+                                  choices=("batch", "group"))
     # m-SAM
-    rho: float = setting(0.1, "radius of the ascent")
+    rho: float = setting(0.1, "radius of the ascent (0: ERM, one pass per step)")
     m: Optional[int] = setting(None, "examples per SAM shard, per replica (default: the per-replica batch)")
-    normalize: bool = setting(True, "normalized ascent rho g / ||g|| (--no-normalize: rho g)")
-    ascent_steps: int = setting(1, "ascent steps")
+    normalize: bool = setting(True, "normalized ascent rho g / ||g|| (--no-normalize: the papers' --sam_no_grad_norm, "
+                                    "eps = s min(1, rho / ||s||), s = step_mult rho (m / b) g)")
+    ascent_steps: int = setting(1, "ascent steps (each one projected onto the rho-ball)")
     step_mult: float = setting(1.0, "ascent step size as a multiple of rho")
     bn_in_ascent: str = setting("batch", "BatchNorm in the ascent: batch statistics or frozen (inference mode)",
                                 choices=("batch", "frozen"))
     shards_per_pass: Optional[int] = setting(None, "shards vectorized together (default: all in one pass)")
-    sam_window: tuple[float, float] = setting((0.0, 1.0), "fractions of the epochs with SAM on (0.9 1.0: "
-                                                          "ERM -> SAM; 0 0: ERM only)", metavar=("START", "END"))
+    sam_window: tuple[float, float] = setting((0.0, 1.0), "SAM in the epochs e (1-based) with START <= e / epochs <= "
+                                                          "END, as the papers (0.9 1.0: ERM -> SAM, the last 21 of 200; "
+                                                          "0 0: ERM only)", metavar=("START", "END"))
     rho_follows_lr: bool = setting(False, "rho scaled like the learning rate, per epoch")
     # optimisation
     epochs: int = setting(200, "epochs")
@@ -83,7 +94,9 @@ class ResNetConfig:
     out: str = setting("runs/resnet", "output directory (backup, TensorBoard, history, results)")
     seed: int = setting(0, "seed")
     eval_batch_size: int = setting(500, "batch size of the final evaluation")
-    sharpness_m: int = setting(0, "> 0: m-sharpness of the final model on 256 training points with this m")
+    swa: bool = setting(True, "the papers' 'SWA' (an EMA of the weights, BatchNorm recomputed) evaluated too")
+    swa_tau: float = setting(0.999, "SWA: w_swa <- tau w_swa + (1 - tau) w after every step")
+    swa_every: int = setting(5, "SWA: evaluated every K epochs and after the last")
     verbose: int = setting(2, "fit verbosity", choices=(0, 1, 2))
 
     def __post_init__(self):
@@ -92,6 +105,15 @@ class ResNetConfig:
     def check(self):
         if self.model not in REGISTRY:
             raise ValueError(f"--model {self.model!r} is unknown; valid names: {sorted(REGISTRY)}.")
+        try:
+            model_norm(self.model, self.norm)
+        except ValueError as error:
+            raise ValueError(f"--model {self.model} --norm {self.norm}: {error}") from None
+        self.check_sharpness()
+        if not 0.0 <= self.swa_tau < 1.0:
+            raise ValueError(f"--swa-tau must be in [0, 1); got {self.swa_tau}.")
+        if self.swa_every < 1:
+            raise ValueError(f"--swa-every must be >= 1 (epochs); got {self.swa_every}.")
         if self.dataset not in images.DATASETS:
             raise ValueError(f"--dataset {self.dataset!r} is unknown; valid names: {list(images.DATASETS)}.")
         if self.schedule not in SCHEDULES:
@@ -158,6 +180,28 @@ def output_dir(config, strategy):
     task_id = getattr(resolver, "task_id", 0) or 0
     is_chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
     return config.out if is_chief else os.path.join(config.out, f"worker{task_id}")
+
+
+def sam_model_settings(config, m, per_replica):
+    """SAMModel's ascent settings for the run, as the papers' deep-net code (deep_nets/sam.py, train.py):
+    every ascent step is projected onto the rho-ball, and the unnormalized ascent (--no-normalize) steps
+    along the gradient of obj / acc_steps with acc_steps = b / m shards per batch: step_mult * rho * (m / b) * g,
+    i.e. eps = s min(1, rho / ||s||), s = step_mult rho (m / b) g for one step."""
+    scale = 1.0 if config.normalize else m / per_replica
+    return dict(normalize=config.normalize, project=True, ascent_steps=config.ascent_steps,
+                step_mult=config.step_mult * scale, bn_in_ascent=config.bn_in_ascent,
+                shards_per_pass=config.shards_per_pass)
+
+
+class PapersSAMWindow(SAMWindow):
+    """SAM in the 1-based epochs e with start <= e / epochs <= end, both ends included, as the papers'
+    `sam_epoch_frac_start <= epoch / epochs <= sam_epoch_frac_end` (train.py:305): (0.9, 1.0) of 200
+    epochs is epochs 180-200 (21), (0, 0.5) epochs 1-100, (0, 0) none."""
+
+    def __init__(self, start, end, epochs, verbose=1):
+        super().__init__(start, end, epochs, verbose)
+        self.first_epoch = max(math.ceil(start * epochs - 1e-9), 1) - 1  # 0-based
+        self.stop_epoch = math.floor(end * epochs + 1e-9)
 
 
 def per_replica_m(config, replicas):
@@ -242,12 +286,12 @@ def train(config, callbacks=()):
                                         seed=config.seed)
         val_ds = images.eval_dataset(data.x_val, data.y_val, config.eval_batch_size) if len(data.y_val) else None
 
-        window = SAMWindow(*config.sam_window, epochs=config.epochs)
+        # rho = 0: plain ERM steps (one pass over the batch), not SAM steps with eps = 0
+        window = PapersSAMWindow(*(config.sam_window if config.rho > 0 else (0.0, 0.0)), epochs=config.epochs)
         with strategy.scope():
             net = get_model(config.model, data.num_classes, config.width, config.norm, weight_decay=config.wd)
-            model = SAMModel(net, rho=config.rho, m=m, normalize=config.normalize, ascent_steps=config.ascent_steps,
-                             step_mult=config.step_mult, bn_in_ascent=config.bn_in_ascent,
-                             shards_per_pass=config.shards_per_pass, sam_enabled=window.active(0))
+            model = SAMModel(net, rho=config.rho, m=m, sam_enabled=window.active(0),
+                             **sam_model_settings(config, m, per_replica))
             lr_schedule = make_schedule(config, total_steps)
             model.compile(
                 optimizer=keras.optimizers.SGD(lr_schedule, momentum=config.momentum),
@@ -259,8 +303,15 @@ def train(config, callbacks=()):
     schedule_callbacks = [window]
     if config.rho_follows_lr:
         schedule_callbacks.append(RhoSchedule(lambda epoch: config.rho * float(lr_schedule(epoch * steps)) / config.lr))
+    swa, after_backup = None, []
+    if config.swa:  # the SWA numbers go into history.csv: its callbacks come before the CSV logger
+        swa, swa_before, after_backup = swa_callbacks(net, train_ds.take(steps),
+                                                      lambda network: evaluate(network, data, config.eval_batch_size),
+                                                      config.swa_tau, config.swa_every, config.epochs, out)
+        schedule_callbacks += swa_before
     history = runner.fit_dataset(model, train_ds, config.epochs, steps, out, validation_data=val_ds,
-                                 schedule_callbacks=schedule_callbacks, callbacks=callbacks, verbose=config.verbose)
+                                 schedule_callbacks=schedule_callbacks, callbacks=[*after_backup, *callbacks],
+                                 verbose=config.verbose)
     net.save_weights(os.path.join(out, "final.weights.h5"))
 
     results = {
@@ -274,19 +325,10 @@ def train(config, callbacks=()):
         "jit_compile": jit,
     }
     results.update(evaluate(model, data, config.eval_batch_size))
-    if config.sharpness_m > 0:
-        from keras_msam.sharpness import m_sharpness
-
-        points = min(256, len(data.y_train))
-        results["m_sharpness"] = m_sharpness(
-            net,
-            images.to_unit_range(data.x_train[:points]).numpy(),
-            data.y_train[:points],
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            rho=config.rho,
-            m=min(config.sharpness_m, points),
-            n=points,
-        )["sharpness"]
+    if swa is not None:
+        results.update(swa.results())
+    if config.sharpness_m:
+        results["m_sharpness"] = measure_sharpness(net, data, config, out=out, seed=config.seed)
     results["history"] = history
     results["wall_time_s"] = time.time() - started
     outputs.write_json(os.path.join(out, "results.json"), results, indent=2)
@@ -302,9 +344,14 @@ def _main(config):
            if noisy else "")
         + f"; results in {os.path.join(config.out, 'results.json')}"
     )
+    print_analyses(results)
 
 
-EXPERIMENTS = {"train": Experiment(_main, ResNetConfig, help="one training run -> OUT/{results.json,history.csv,...}")}
+EXPERIMENTS = {
+    "train": Experiment(_main, ResNetConfig, help="one training run -> OUT/{results.json,history.csv,...}"),
+    "interpolate": INTERPOLATE,
+    "sharpness": SHARPNESS,
+}
 DEFAULT_EXPERIMENT = "train"
 
 if __name__ == "__main__":

@@ -20,6 +20,30 @@ def test_recomputed_bn_statistics_are_the_data_average():
     np.testing.assert_allclose(layer.moving_variance.numpy(), per_batch_var, rtol=1e-5)
 
 
+def test_recomputed_bn_statistics_follow_the_papers_bn_update():
+    """utils_train.bn_update: reset to 0 / 1, then PyTorch momentum b / (n + b) per batch, i.e. the
+    batch-size weighted average of the batch means and of the UNBIASED batch variances (PyTorch's)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(1.0, 2.0, size=(23, 5, 3, 2)).astype("float32")  # 23 = 10 + 10 + 3: a short last batch
+    model = keras.Sequential([keras.Input((5, 3, 2)), keras.layers.BatchNormalization()])
+    recompute_bn_statistics(model, (x, np.zeros(23)), batch_size=10, unbiased=True)
+    running_mean, running_var, seen = np.zeros(2), np.ones(2), 0
+    for start in (0, 10, 20):  # PyTorch's running-statistics update, as bn_update drives it
+        batch = x[start : start + 10].astype(np.float64)
+        size = len(batch)
+        momentum = size / (seen + size)
+        values = batch.reshape(-1, 2)
+        running_mean = (1 - momentum) * running_mean + momentum * values.mean(0)
+        running_var = (1 - momentum) * running_var + momentum * values.var(0, ddof=1)
+        seen += size
+    layer = model.layers[0]
+    np.testing.assert_allclose(layer.moving_mean.numpy(), running_mean, rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), running_var, rtol=1e-5)
+    recompute_bn_statistics(model, (x, np.zeros(23)), batch_size=10)  # Keras' biased variances
+    biased = sum(len(x[s : s + 10]) * x[s : s + 10].reshape(-1, 2).var(0) for s in (0, 10, 20)) / 23
+    np.testing.assert_allclose(layer.moving_variance.numpy(), biased, rtol=1e-5)
+
+
 def test_interpolation_endpoints_reproduce_the_endpoint_losses(tmp_path):
     train, test = class_images(48, seed=0), class_images(32, seed=1)
     keras.utils.set_random_seed(1)

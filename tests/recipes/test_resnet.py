@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from keras_msam import SAMModel
 from keras_msam.sam_model import SAM_LOGS
 from recipes import cli, resnet
 from recipes.config import parse_command_line
@@ -33,7 +34,7 @@ def parse_config(argv):
 # --------------------------------------------------------------------------- config, CLI
 def test_defaults_are_the_papers_settings():
     config = parse_config([])
-    assert (config.dataset, config.model, config.norm) == ("cifar10", "resnet18", "batch")
+    assert (config.dataset, config.model, config.norm) == ("cifar10", "resnet18_gn", None)  # the README's command
     assert (config.rho, config.epochs, config.batch_size, config.lr, config.wd) == (0.1, 200, 128, 0.1, 5e-4)
     assert (config.momentum, config.schedule, config.val_fraction, config.sam_window) == (0.9, "piecewise", 0.1, (0.0, 1.0))
     parsed = parse_config(
@@ -57,7 +58,7 @@ def test_cli_dispatch_and_argument_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["resnet", "--m", "64", "--batch-size", "32"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "msam resnet: error: --m 64 must be in [1, 32]" in err
+    assert exit_info.value.code == 2 and "msam resnet train: error: --m 64 must be in [1, 32]" in err
 
 
 def test_missing_tfds_data_exits_with_the_fix(tmp_path, capsys):
@@ -78,7 +79,7 @@ def test_m_must_fit_the_per_replica_batch():
 
 # --------------------------------------------------------------------------- runs
 def test_erm_to_sam_window_with_label_noise_and_rho_following_lr(tmp_path, capsys):
-    config = _config(tmp_path, label_noise=0.5, sam_window=(0.5, 1.0), rho_follows_lr=True, sharpness_m=4)
+    config = _config(tmp_path, label_noise=0.5, sam_window=(0.75, 1.0), rho_follows_lr=True, sharpness_m=4)
     results = _train(config)
     assert "m=4 per replica x 1 replica, global batch 16" in capsys.readouterr().out
     first, second = results["history"]
@@ -95,7 +96,7 @@ def test_erm_to_sam_window_with_label_noise_and_rho_following_lr(tmp_path, capsy
     combined = 0.5 * results["train_error_clean"] + 0.5 * results["train_error_noisy"]
     assert results["train_error"] == pytest.approx(combined)
     assert 0.0 <= results["test_error"] <= 1.0 and np.isfinite(results["test_loss"])
-    assert np.isfinite(results["m_sharpness"])
+    assert np.isfinite(results["m_sharpness"][4]["sharpness"])
     saved = json.load(open(os.path.join(config.out, "results.json")))
     assert saved["test_error"] == results["test_error"] and len(saved["history"]) == 2
     assert os.path.exists(os.path.join(config.out, "final.weights.h5"))
@@ -138,3 +139,86 @@ def test_mirrored_strategy_two_replicas(tmp_path, capsys):
     (epoch,) = results["history"]
     assert epoch["eps_norm"] == pytest.approx(0.05, rel=1e-3) and epoch["sharpness"] > 0
     assert np.isfinite(epoch["loss"]) and results["optimizer_steps"] == 2
+
+
+# --------------------------------------------------------------------------- the papers' deep-net rules
+def _softmax_ce_grad(params, x, y, wd):
+    """mean CE + 0.5 wd ||w||^2 of a softmax layer, and its gradient (kernel, bias)."""
+    kernel, bias = params
+    logits = x @ kernel + bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    diff = (p - np.eye(kernel.shape[1])[y]) / len(y)
+    return [x.T @ diff + wd * kernel, diff.sum(0) + wd * bias]
+
+
+def _papers_step(params, x, y, rho, mult, steps, acc_steps, lr, wd):
+    """deep_nets/train.py + sam.py with --sam_no_grad_norm: per sub-batch j of m = b / acc_steps, the
+    gradient of obj_j / acc_steps, delta += rho * mult * grad, projected onto the rho-ball after each step;
+    then the gradients of obj_j / acc_steps at w + delta summed, and one SGD step."""
+    m = len(y) // acc_steps
+    total, projected = [np.zeros_like(p) for p in params], []
+    for j in range(acc_steps):
+        xj, yj = x[j * m : (j + 1) * m], y[j * m : (j + 1) * m]
+        delta = [np.zeros_like(p) for p in params]
+        for _ in range(steps):
+            grad = [g / acc_steps for g in _softmax_ce_grad([p + d for p, d in zip(params, delta)], xj, yj, wd)]
+            delta = [d + rho * mult * g for d, g in zip(delta, grad)]
+            norm = np.sqrt(sum(np.sum(d**2) for d in delta))
+            projected.append(norm > rho)
+            if norm > rho:
+                delta = [d * rho / norm for d in delta]
+        grad = _softmax_ce_grad([p + d for p, d in zip(params, delta)], xj, yj, wd)
+        total = [t + g / acc_steps for t, g in zip(total, grad)]
+    return [p - lr * t for p, t in zip(params, total)], projected
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_no_normalize_ascent_is_the_papers_projected_step_of_obj_over_acc_steps(steps):
+    rng = np.random.default_rng(0)
+    b, m, d, classes, wd, rho, lr = 8, 2, 5, 3, 5e-4, 0.3, 0.1
+    x = rng.normal(size=(b, d))
+    x[:m] *= 25.0  # a shard with a large gradient (projected) and ...
+    x[m : 2 * m] *= 0.05  # ... one with a small gradient (not projected)
+    y = rng.integers(0, classes, size=b)
+    params = [rng.normal(size=(d, classes)) * 0.3, rng.normal(size=classes) * 0.1]
+    config = resnet.ResNetConfig(normalize=False, rho=rho, ascent_steps=steps, step_mult=0.7, batch_size=b, m=m)
+    settings = resnet.sam_model_settings(config, m, per_replica=b)
+    assert settings["project"] is True and settings["step_mult"] == pytest.approx(0.7 * m / b)
+    reg = keras.regularizers.L2(0.5 * wd)
+    inputs = keras.Input((d,))
+    net = keras.Model(inputs, keras.layers.Dense(classes, kernel_regularizer=reg, bias_regularizer=reg)(inputs))
+    net.set_weights([p.astype("float32") for p in params])
+    model = SAMModel(net, rho=rho, m=m, **settings)
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x.astype("float32"), y)
+    expected, projected = _papers_step(params, x, y, rho, 0.7, steps, b // m, lr, wd)
+    assert any(projected) and not all(projected)  # both cases of the projection occur
+    for got, want in zip(net.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+    normalized = resnet.sam_model_settings(resnet.ResNetConfig(), 16, 128)
+    assert normalized["step_mult"] == 1.0 and normalized["project"] is True  # the normalized step is unscaled
+
+
+@pytest.mark.parametrize("start, end, epochs, sam_epochs", [
+    (0.9, 1.0, 200, list(range(180, 201))),  # ERM -> SAM: 21 SAM epochs
+    (0.0, 0.5, 10, [1, 2, 3, 4, 5]),  # SAM -> ERM
+    (0.0, 0.0, 5, []),  # ERM only
+    (0.0, 1.0, 3, [1, 2, 3]),
+    (0.7, 1.0, 10, [7, 8, 9, 10]),
+])
+def test_sam_window_is_the_papers_inclusive_rule(start, end, epochs, sam_epochs):
+    window = resnet.PapersSAMWindow(start, end, epochs, verbose=0)
+    # train.py:305: sam_epoch_frac_start <= epoch / epochs <= sam_epoch_frac_end, epoch = 1..epochs
+    papers = [e for e in range(1, epochs + 1) if start <= e / epochs <= end]
+    assert papers == sam_epochs
+    assert [e + 1 for e in range(epochs) if window.active(e)] == papers
+
+
+def test_model_names_and_norms_in_the_config():
+    assert resnet.ResNetConfig(model="resnet18_gn", norm="group").norm == "group"
+    with pytest.raises(ValueError, match="--model resnet18_gn --norm batch"):
+        resnet.ResNetConfig(model="resnet18_gn", norm="batch")
+    with pytest.raises(ValueError, match=r"--sharpness-m values must be in \[1, 256\]"):
+        resnet.ResNetConfig(sharpness_m=(0, 4))
+    assert resnet.ResNetConfig(sharpness_m=8).sharpness_m == (8,)  # one m
