@@ -236,7 +236,8 @@ def layer_sparsities(model, layers, data, threshold=0.95, max_units=1000, seed=0
     if not all(isinstance(t, keras.Model) for t in targets):
         raise ValueError("layer_sparsities needs layers of the model (names, indices or Layers), not callables.")
     names = [t.layers[-1].name if not isinstance(layer, str) else layer for t, layer in zip(targets, layers)]
-    extract = keras.Model(inner.inputs, [t.outputs[0] for t in targets])
+    inputs = inner.inputs[0] if len(inner.inputs) == 1 else inner.inputs
+    extract = keras.Model(inputs, [t.outputs[0] for t in targets])
     sizes = [int(np.prod(out.shape[1:])) for out in extract.outputs]
     rng = np.random.RandomState(seed)
     picks = [np.arange(size) if max_units is None or size <= max_units

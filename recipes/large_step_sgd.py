@@ -356,7 +356,7 @@ class _ReLUNetTask:
     def features(self, model):
         """{layer: its activations on the training points}, through one sub-model per network."""
         if getattr(self, "_features_of", (None,))[0] is not model:
-            extract = keras.Model(model.inputs, [model.get_layer(layer).output for layer in self.feature_layers])
+            extract = keras.Model(model.inputs[0], [model.get_layer(layer).output for layer in self.feature_layers])
             self._features_of = (model, extract)
         outputs = self._features_of[1](self.x, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
@@ -695,6 +695,7 @@ def write_outputs(summary, out):
             ax.set_yscale("log")
         ax.set_title(key.replace("_", " "), fontsize=10)
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
