@@ -4,21 +4,24 @@ Every schedule except `Constant` is parametrized by `total_steps` (T) and expres
 it, so a recipe can change the number of epochs without touching the schedule. All schedules are
 evaluated on the optimizer step t = 0, 1, ..., T - 1 (steps past T keep the last value).
 
-Boundary convention: a change "at fraction p" takes effect at the first step t with t >= p * T.
+Boundary convention: a change "at fraction p" takes effect at the first step t with t >= p * T
+(`WarmupDecay`: t >= floor(p * T), the papers' `int(p * num_iter)`).
 
 - `Piecewise(lr, T)`: the deep-net papers' schedule, lr until 50 %, lr / 10 until 75 %, lr / 100 after.
 - `Cosine(lr, T)`: lr * (1 + cos(pi * t / T)) / 2, from lr at t = 0 to 0 at t = T.
 - `Cyclic(lr, T)`: one triangle, linear from 0 (t = 0) up to lr at `peak` * T (default 40 %), then
   linear down to 0 at t = T.
 - `Constant(lr)`.
-- `LargeStep(lr, T, decay_at=p)`: "SGD with large step sizes learns sparse features": a long phase at
-  the large step lr, then lr / factor from p * T and lr / factor^2 from `second_decay_at` * T (90 %).
-  With `warmup=True` the large phase is the exponential warm-up lr0 * e^(rate * t / T) (rate = 100 in
-  the paper) for t / T < p. The reference gives no value of lr0; we read it as the one that makes the
-  warm-up end exactly at lr when the phase ends: lr0 = lr * e^(-rate * p), i.e.
-  lr(t) = lr * e^(rate * (t / T - p)) for t < p * T. (With rate = 100 the step size grows by a factor
-  e every 1 % of training, so effectively only the last few % of the phase run near lr.)
-  `warmup_end=w < p` instead ends the warm-up at w (lr0 = lr * e^(-rate * w)) and holds lr on [w, p).
+- `LargeStep(lr, T, decay_at=p, warmup_exp=w, warmup_factor=wf)`: "SGD with large step sizes learns
+  sparse features", deep nets (`deep_nets/utils_train.py`): an exponential (w > 1), polynomial
+  (w < 1) or linear (w = 1) warm-up from lr for t / T < p, then the warm-up's value at p divided by 10,
+  and by 100 from 90 % (see the class for the exact formula and the papers' one-step time offset).
+- `WarmupDecay(lr, T, decay_at=p, decay=k, warmup_factor=f, warmup_exponent=e)`: the same paper's toy
+  nets (`fc_nets.py::train_fc_net`, `diag_nets.py`): lr * (1 + (f - 1) (t / T)^e) until floor(p T),
+  then that value / k to the end (one decay; f = 1: a constant step decayed once).
+
+`Constant`, `LargeStep` and `WarmupDecay` take `dtype="float64"` for float64 models, so that a step
+size like 0.282 reaches the float64 weights without a float32 rounding.
 """
 
 import math
@@ -77,16 +80,17 @@ class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Constant(_Schedule):
-    """lr at every step."""
+    """lr at every step (`dtype`: of the step size, "float64" for float64 models)."""
 
-    def __init__(self, lr):
+    def __init__(self, lr, dtype="float32"):
         self.lr = _check_lr(lr)
+        self.dtype = _check_dtype(dtype)
 
     def __call__(self, step):
-        return ops.cast(self.lr, "float32") + 0.0 * ops.cast(step, "float32")
+        return ops.cast(self.lr, self.dtype) + 0.0 * ops.cast(step, self.dtype)
 
     def get_config(self):
-        return {"lr": self.lr}
+        return {"lr": self.lr, "dtype": self.dtype}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -162,63 +166,98 @@ class Cyclic(_Schedule):
         return {"lr": self.lr, "total_steps": self.total_steps, "peak": self.peak}
 
 
+def _check_positive(value, name, hint=""):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be a float > 0{hint}; got {name}={value!r}.")
+    return float(value)
+
+
+def _check_dtype(dtype):
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64' (the dtype of the step size); got dtype={dtype!r}.")
+    return dtype
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LargeStep(_Schedule):
-    """Large step lr until `decay_at` * T, then lr / factor, and lr / factor^2 from `second_decay_at` * T.
+    """The deep-net schedule of "SGD with large step sizes learns sparse features" (`piecewise_0Xepochs`).
+
+    With x = t / T, p = `decay_at`, w = `warmup_exp`, wf = `warmup_factor`, f = `factor` (10) and
+    s = `second_decay_at` (0.9), the papers' `deep_nets/utils_train.py::get_lr_schedule`:
+
+    - x < p, the large-step phase, one of three warm-ups:
+      - w > 1 (exponential): lr * w^(100 x), e.g. lr_init 0.75 and w = 1.05 rise to 0.75 * 1.05^50 = 8.60
+        at p = 0.5;
+      - 0 < w < 1 (polynomial): lr * (1 + (100 x)^w);
+      - w = 1 (linear): lr * (1 + (wf - 1) * x / 0.5), which reaches wf * lr at x = 0.5 whatever p is;
+    - p <= x < s: peak / f;
+    - x >= s: peak / f^2 (None: no second decay, peak / f until the end);
+
+    where peak is the warm-up's value at x = p: lr * w^(100 p), lr * (1 + (100 p)^w), or, in the linear
+    branch, (p / 0.5) * wf * lr (the papers' code, so that with wf = 1 the first decay divides lr by
+    10 / (2 p): p = 0.1 gives lr / 50, p = 0.5 lr / 10). p = 1 never decays.
+
+    Time: step t (0-based) uses x = t / T. The papers evaluate their schedule after the step, at
+    x = (k + 1) / K for step k, so each of our boundaries falls one step later than theirs (their
+    first decayed step is pT - 1, ours pT): a one-step offset, harmless over thousands of steps.
 
     Args:
-        lr: the large step size.
+        lr: lr_init, the step size at t = 0.
         total_steps: T.
-        decay_at: p, the fraction of training run at the large step (0.1, 0.3, 0.5 in the paper);
-            p = 1 never decays (a constant large step).
-        warmup: exponential warm-up over the large phase, lr * e^(warmup_rate * (t / T - p)) for t < p T
-            (i.e. lr0 * e^(warmup_rate * t / T) with lr0 = lr * e^(-warmup_rate * p); see module doc).
-        second_decay_at: fraction where the second decay happens (0.9); None: no second decay.
-            Ignored while < decay_at (a second decay cannot precede the first).
-        factor: each decay divides the step size by this (10).
-        warmup_rate: the 100 of e^(100 t / T).
-        warmup_end: fraction at which the warm-up reaches lr (None: decay_at); lr is held from there on.
+        decay_at: p in (0, 1].
+        warmup_exp: w > 0 (1: the linear branch).
+        warmup_factor: wf > 0, used only by the linear branch (warmup_exp = 1).
+        second_decay_at: s, or None.
+        factor: f >= 1, each decay divides the step size by it.
+        dtype: of the step size ("float64" for float64 models: the optimizer casts it to the weights').
     """
 
-    def __init__(
-        self,
-        lr,
-        total_steps,
-        decay_at=0.5,
-        warmup=False,
-        second_decay_at=0.9,
-        factor=10.0,
-        warmup_rate=100.0,
-        warmup_end=None,
-    ):
+    def __init__(self, lr, total_steps, decay_at=0.5, warmup_exp=1.0, warmup_factor=1.0, second_decay_at=0.9,
+                 factor=10.0, dtype="float32"):
         self.lr = _check_lr(lr)
         self.total_steps = _check_total_steps(total_steps)
         self.decay_at = _check_fraction(decay_at, "decay_at")
-        self.warmup = bool(warmup)
+        self.warmup_exp = _check_positive(warmup_exp, "warmup_exp", " (> 1 exponential, < 1 polynomial, 1 linear)")
+        self.warmup_factor = _check_positive(warmup_factor, "warmup_factor")
+        if self.warmup_factor != 1.0 and self.warmup_exp != 1.0:
+            raise ValueError(
+                f"warmup_factor only applies to the linear warm-up (warmup_exp=1); got warmup_factor={warmup_factor!r} "
+                f"with warmup_exp={warmup_exp!r}: drop one of them."
+            )
         if second_decay_at is not None:
             second_decay_at = _check_fraction(second_decay_at, "second_decay_at")
         self.second_decay_at = second_decay_at
-        if not isinstance(factor, (int, float)) or not factor >= 1:
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1:
             raise ValueError(f"factor must be a float >= 1 (the step size is divided by it); got factor={factor!r}.")
         self.factor = float(factor)
-        if not isinstance(warmup_rate, (int, float)) or not warmup_rate > 0:
-            raise ValueError(f"warmup_rate must be a float > 0; got warmup_rate={warmup_rate!r}.")
-        self.warmup_rate = float(warmup_rate)
-        if warmup_end is not None:
-            warmup_end = _check_fraction(warmup_end, "warmup_end", low_open=False)
-        self.warmup_end = warmup_end
+        self.dtype = _check_dtype(dtype)
+
+    def _warmup(self, x):
+        """The large-step phase at x = t / T, a tensor."""
+        lr, w = self.lr, self.warmup_exp
+        if w > 1:
+            return lr * ops.exp(100.0 * math.log(w) * x)
+        if w < 1:
+            return lr * (1.0 + (100.0 * x) ** w)
+        return lr * (1.0 + (self.warmup_factor - 1.0) * x / 0.5)
+
+    @property
+    def peak(self):
+        """The value the decays divide: the warm-up's value at p (linear branch: (p / 0.5) * wf * lr)."""
+        lr, w, p = self.lr, self.warmup_exp, self.decay_at
+        if w > 1:
+            return lr * w ** (100 * p)
+        if w < 1:
+            return lr * (1 + (100 * p) ** w)
+        return p / 0.5 * self.warmup_factor * lr
 
     def __call__(self, step):
-        t = ops.cast(step, "float32")
-        x = t / float(self.total_steps)
-        if self.warmup:
-            end = self.decay_at if self.warmup_end is None else min(self.warmup_end, self.decay_at)
-            large = self.lr * ops.exp(self.warmup_rate * (ops.minimum(x, end) - end))
-        else:
-            large = self.lr + 0.0 * t
-        lr = ops.where(t >= self.decay_at * self.total_steps, self.lr / self.factor, large)
-        if self.second_decay_at is not None and self.second_decay_at >= self.decay_at:
-            lr = ops.where(t >= self.second_decay_at * self.total_steps, self.lr / self.factor**2, lr)
+        t = ops.cast(step, self.dtype)
+        x = t / ops.cast(self.total_steps, self.dtype)
+        lr = ops.where(t < self.decay_at * self.total_steps, self._warmup(x), self.peak / self.factor)
+        if self.second_decay_at is not None:
+            late = t >= max(self.decay_at, self.second_decay_at) * self.total_steps
+            lr = ops.where(late, self.peak / self.factor**2, lr)
         return lr
 
     def get_config(self):
@@ -226,12 +265,88 @@ class LargeStep(_Schedule):
             "lr": self.lr,
             "total_steps": self.total_steps,
             "decay_at": self.decay_at,
-            "warmup": self.warmup,
+            "warmup_exp": self.warmup_exp,
+            "warmup_factor": self.warmup_factor,
             "second_decay_at": self.second_decay_at,
             "factor": self.factor,
-            "warmup_rate": self.warmup_rate,
-            "warmup_end": self.warmup_end,
+            "dtype": self.dtype,
         }
 
 
-__all__ = ["Constant", "Cosine", "Cyclic", "LargeStep", "Piecewise"]
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class WarmupDecay(_Schedule):
+    """The toy nets' schedule of "SGD with large step sizes learns sparse features": an optional warm-up,
+    then one decay (`fc_nets.py::train_fc_net`, `diag_nets.py::SGD` / `GD`).
+
+    With th = floor(p T) (the papers' `int(p * num_iter)`), f = `warmup_factor`, e = `warmup_exponent`:
+
+    - t < th: lr * (1 + (f - 1) * (t / T)^e). The ramp runs in t / T, not t / th, as in the papers' code;
+      f = 1 is no warm-up;
+    - t >= th: lr * (1 + (f - 1) * (th / T)^e) / decay, held to the end;
+    - `second_decay_at` s (not in the papers; our old CPU settings): from floor(s T) on, divided by
+      `decay` once more.
+
+    p = 0 decays from the start: lr / decay throughout (with decay = 1 a constant step, the papers'
+    constant runs). The fc nets decay before step th, as here; the diagonal nets' NumPy loop divides
+    after step th, so there the decay comes one step earlier than in the papers.
+
+    Args:
+        lr: the step size gamma at t = 0.
+        total_steps: T (the papers' `num_iter`).
+        decay_at: p in [0, 1].
+        decay: >= 1, divides the step size at th.
+        warmup_factor: f > 0 (the papers' `gamma_warmup_factor_max`; 1: none).
+        warmup_exponent: e > 0 (1: linear).
+        second_decay_at: s in [p, 1], or None.
+        dtype: of the step size ("float64" for float64 models).
+    """
+
+    def __init__(self, lr, total_steps, decay_at=0.0, decay=1.0, warmup_factor=1.0, warmup_exponent=1.0,
+                 second_decay_at=None, dtype="float32"):
+        self.lr = _check_lr(lr)
+        self.total_steps = _check_total_steps(total_steps)
+        self.decay_at = _check_fraction(decay_at, "decay_at", low_open=False)
+        if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not decay >= 1:
+            raise ValueError(f"decay must be a float >= 1 (the step size is divided by it); got decay={decay!r}.")
+        self.decay = float(decay)
+        self.warmup_factor = _check_positive(warmup_factor, "warmup_factor", " (1: no warm-up)")
+        self.warmup_exponent = _check_positive(warmup_exponent, "warmup_exponent")
+        if second_decay_at is not None:
+            second_decay_at = _check_fraction(second_decay_at, "second_decay_at")
+            if second_decay_at < self.decay_at:
+                raise ValueError(f"second_decay_at must be >= decay_at={decay_at!r}; got "
+                                 f"second_decay_at={second_decay_at!r}.")
+        self.second_decay_at = second_decay_at
+        self.dtype = _check_dtype(dtype)
+
+    @property
+    def decay_step(self):
+        """th = floor(p T), the first decayed step."""
+        return int(self.decay_at * self.total_steps)
+
+    def _warmup(self, fraction):
+        return self.lr * (1.0 + (self.warmup_factor - 1.0) * fraction**self.warmup_exponent)
+
+    def __call__(self, step):
+        t = ops.cast(step, self.dtype)
+        x = t / ops.cast(self.total_steps, self.dtype)
+        decayed = float(self._warmup(self.decay_step / self.total_steps)) / self.decay
+        lr = ops.where(t < self.decay_step, self._warmup(x), decayed)
+        if self.second_decay_at is not None:
+            lr = ops.where(t >= int(self.second_decay_at * self.total_steps), decayed / self.decay, lr)
+        return lr
+
+    def get_config(self):
+        return {
+            "lr": self.lr,
+            "total_steps": self.total_steps,
+            "decay_at": self.decay_at,
+            "decay": self.decay,
+            "warmup_factor": self.warmup_factor,
+            "warmup_exponent": self.warmup_exponent,
+            "second_decay_at": self.second_decay_at,
+            "dtype": self.dtype,
+        }
+
+
+__all__ = ["Constant", "Cosine", "Cyclic", "LargeStep", "Piecewise", "WarmupDecay"]

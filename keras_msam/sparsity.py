@@ -1,24 +1,35 @@
 """Feature sparsity and Jacobian rank: the two measures of "SGD with large step sizes learns sparse features".
 
-Feature sparsity of a layer. phi = its (ReLU) activations over n examples, an n x D matrix (a conv
-feature map is flattened, each (position, channel) being one unit):
+Feature sparsity (SS) of a layer, as the papers' code computes it (`fc_nets.py::feature_sparsity`,
+`deep_nets/utils_eval.py::compute_feature_sparsity`). phi = the layer's (ReLU) activations over N
+examples, an N x D matrix (a conv feature map is flattened: each (position, channel) is one unit).
 
-- raw: the fraction of positive entries of phi;
-- de-duplicated (default): rows of phi L2-normalised; always-zero columns dropped; then, going through
-  the columns in order, a column is dropped when its |Pearson correlation| with an already kept column
-  exceeds `threshold` (0.99; 0.95 for deep nets, after subsampling to `max_units` = 1000 units);
-  sparsity = (number of non-zero entries in the kept columns) / (n * D), D counting all the columns
-  (dead and duplicated units included). A constant column has no Pearson correlation; constant
-  columns count as duplicates of one another (they are parallel) and of no other column.
+1. Row normalisation (fully connected nets; `row_normalize=False` for deep nets): each row divided
+   by its L2 norm, an all-zero row left at 0.
+2. Subsampling (deep nets, `max_units` = 1000): when D > max_units, max_units columns drawn without
+   replacement, in the drawn order (`np.random.RandomState(seed).choice`, the papers' legacy draw).
+3. Alive columns: those with an entry > 0. Dead columns are not de-duplicated but stay in D.
+4. De-duplication, greedy keep-last: going through the alive columns in order, a column is dropped
+   when its |Pearson correlation| with ANY column still present (a kept earlier one or any later one)
+   exceeds `threshold` (0.99 two- and three-layer nets, 0.999 the 1D regression, 0.95 deep nets). So
+   of a correlated group the last column survives, and of a chain A ~ B ~ C (A, C uncorrelated) only C.
+   A constant column has no Pearson correlation (NaN): it is never dropped and drops nothing.
+5. SS = (positive entries of phi in the kept columns) / (N * D), D after subsampling (the fully
+   connected code counts non-zero entries: the same for ReLU features).
+
+Raw sparsity: the fraction of positive entries of phi, over ALL units (before any subsampling).
 
 Jacobian rank: the rows of J are the per-example gradients of the scalar output w.r.t. all trainable
-parameters (the NTK features), rank = #{sigma_i / sigma_1 > rel_tol}, rel_tol = 1e-4. J is computed
-with one vectorized `tf.GradientTape.jacobian` per variable, which suits small nets (thousands of
-parameters); a ResNet has far too many parameters for it.
+parameters (the NTK features), rank = #{sigma_i / sigma_1 > rel_tol}; the papers use rel_tol = 1e-4
+and as many evaluation points as parameters (300 uniform points for the 1D regression, X_test[:P]
+for the teacher-student nets), and for diagonal nets the closed form J = [X * u, X * v] with
+rel_tol = 1e-15 (`rank_of` on that matrix). J is computed with one vectorized
+`tf.GradientTape.jacobian` per variable, which suits small nets (thousands of parameters).
 
-The pure functions `sparsity_of_activations` and `rank_of` work on NumPy arrays; `feature_sparsity`,
-`jacobian_matrix` and `jacobian_rank` extract those arrays from a Keras model; `SparsityLogger` logs
-both measures to TensorBoard during `fit`.
+The pure functions `sparsity_of_activations`, `deduplicated_columns` and `rank_of` work on NumPy
+arrays; `feature_sparsity`, `layer_sparsities` (several layers of a deep net in one pass, without
+holding all the activations), `jacobian_matrix` and `jacobian_rank` take a Keras model;
+`SparsityLogger` records them during `fit`.
 """
 
 import weakref
@@ -30,7 +41,9 @@ import tensorflow as tf
 __all__ = [
     "SparsityLogger",
     "activations",
+    "deduplicated_columns",
     "feature_sparsity",
+    "layer_sparsities",
     "jacobian_matrix",
     "jacobian_rank",
     "rank_of",
@@ -53,38 +66,49 @@ def _check_threshold(threshold):
         raise ValueError(f"threshold must be a correlation level in (0, 1] (0.99 in the paper); got {threshold!r}.")
 
 
-def deduplicated_columns(phi, threshold=0.99):
-    """Indices of the columns of `phi` kept by the de-duplication (after row normalisation)."""
+def _normalize_rows(phi):
+    norms = np.linalg.norm(phi, axis=1, keepdims=True)
+    return phi / np.where(norms > 0, norms, 1.0)
+
+
+def deduplicated_columns(phi, threshold=0.99, row_normalize=True):
+    """Indices of the columns of `phi` that the de-duplication keeps (steps 1, 3 and 4 of the module doc)."""
     _check_threshold(threshold)
     phi = _as_matrix(phi)
-    norms = np.linalg.norm(phi, axis=1, keepdims=True)
-    phi = phi / np.where(norms > 0, norms, 1.0)
-    alive = np.flatnonzero(np.any(phi != 0, axis=0))
-    if alive.size == 0:
+    if row_normalize:
+        phi = _normalize_rows(phi)
+    alive = np.flatnonzero((phi > 0).sum(axis=0) > 0)
+    if alive.size < 2:
         return alive
-    cols = phi[:, alive]
-    centred = cols - cols.mean(axis=0)
-    scale = np.linalg.norm(centred, axis=0)
-    constant = scale <= 1e-12 * np.maximum(np.abs(cols).max(axis=0), 1e-300)
-    unit = centred / np.where(constant, 1.0, scale)
-    corr = np.abs(unit.T @ unit)
-    corr[constant, :] = 0.0
-    corr[:, constant] = 0.0
-    corr[np.ix_(constant, constant)] = 1.0  # parallel constant columns: duplicates of each other
-    kept = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = np.corrcoef(phi[:, alive].T)  # NaN rows and columns for constant columns
+    np.fill_diagonal(corr, 0.0)
+    above = np.abs(corr) > threshold  # NaN compares False
+    present = np.ones(alive.size, dtype=bool)
     for j in range(alive.size):
-        if not kept or corr[j, kept].max() <= threshold:
-            kept.append(j)
-    return alive[np.asarray(kept, dtype=int)]
+        present[j] = False
+        present[j] = not above[j, present].any()  # against the kept earlier and all the later columns
+    return alive[present]
 
 
-def sparsity_of_activations(phi, threshold=0.99, raw=False):
-    """Feature sparsity of an (n, D) activation matrix (see the module doc); lower is sparser."""
+def _subsample(phi, max_units, seed):
+    """phi's columns, or `max_units` of them drawn without replacement, in the drawn order."""
+    if max_units is None or phi.shape[1] <= max_units:
+        return phi
+    return phi[:, np.random.RandomState(seed).choice(phi.shape[1], max_units, replace=False)]
+
+
+def sparsity_of_activations(phi, threshold=0.99, raw=False, row_normalize=True, max_units=None, seed=0):
+    """Feature sparsity of an (N, D) activation matrix (see the module doc); lower is sparser.
+
+    `raw=True`: the fraction of positive entries over all D units (`max_units` is then not used).
+    """
     phi = _as_matrix(phi)
     if raw:
         return float(np.mean(phi > 0))
-    kept = deduplicated_columns(phi, threshold)
-    return float(np.count_nonzero(phi[:, kept])) / phi.size
+    phi = _subsample(phi, max_units, seed)
+    kept = deduplicated_columns(phi, threshold, row_normalize)
+    return float(np.count_nonzero(phi[:, kept] > 0)) / phi.size
 
 
 def rank_of(jacobian, rel_tol=1e-4):
@@ -157,23 +181,100 @@ def activations(model, layer, data, batch_size=1024):
     return _as_matrix(phi)
 
 
-def feature_sparsity(model, layer, data, threshold=0.99, raw=False, max_units=None, seed=0):
+def feature_sparsity(model, layer, data, threshold=0.99, raw=False, max_units=None, seed=0, row_normalize=True):
     """Feature sparsity of `layer`'s activations over the inputs of `data` (lower is sparser).
 
     Args:
         model: a Keras model (a `SAMModel` is measured through its wrapped model).
         layer: a layer name, an index into `model.layers`, a Layer, or a callable x -> activations.
         data: inputs x, or (x, y) whose x is used.
-        threshold: |Pearson correlation| above which a column duplicates a kept one (0.99; 0.95 for deep nets).
-        raw: the fraction of positive activations instead.
-        max_units: use a random subset of this many units (1000 for deep nets); None uses all of them.
-        seed: the seed of that subset.
+        threshold: |Pearson correlation| above which a column is a duplicate (0.99; 0.999 for the 1D
+            regression; 0.95 for deep nets).
+        raw: the fraction of positive activations over all units instead.
+        max_units: de-duplicate a random subset of this many units (1000 for deep nets); None: all.
+        seed: the seed of that subset (`np.random.RandomState(seed).choice`, unsorted).
+        row_normalize: normalise each example's activations first (fully connected nets: True; deep
+            nets: False).
     """
     phi = activations(model, layer, data)
-    if max_units is not None and phi.shape[1] > max_units:
-        units = np.random.default_rng(seed).choice(phi.shape[1], size=max_units, replace=False)
-        phi = phi[:, np.sort(units)]
-    return sparsity_of_activations(phi, threshold=threshold, raw=raw)
+    return sparsity_of_activations(phi, threshold=threshold, raw=raw, row_normalize=row_normalize,
+                                   max_units=max_units, seed=seed)
+
+
+def _batches(data, batch_size):
+    """Input batches of `data`: an array (or (x, y)), cut into `batch_size` rows, or an iterable of batches."""
+    x = _inputs(data)
+    if isinstance(x, (np.ndarray, tf.Tensor)) or hasattr(x, "__array__"):
+        x = np.asarray(x)
+        return (x[start : start + batch_size] for start in range(0, len(x), batch_size))
+    return (_inputs(batch) for batch in x)
+
+
+def layer_sparsities(model, layers, data, threshold=0.95, max_units=1000, seed=0, row_normalize=False,
+                     batch_size=512):
+    """Raw and de-duplicated feature sparsity of several layers, in one pass over `data`.
+
+    The papers' deep-net measure (`deep_nets/utils_eval.py::compute_feature_sparsity`, blocks 1-5 of a
+    ResNet): raw = fraction of positive activations over all units; "feature" = the de-duplicated
+    sparsity (module doc) of `max_units` units drawn at random (the draws of one
+    `np.random.RandomState(seed)`, one layer after the other), without row normalisation. Only the
+    drawn units of each batch leave the device, so a layer of 65536 units over 10752 images is fine.
+
+    Args:
+        model: a Keras model built functionally (or a `SAMModel` around one).
+        layers: layer names, indices into `model.layers` or Layers.
+        data: inputs x (array), (x, y), or an iterable of input batches (e.g. a `tf.data.Dataset`).
+        threshold, max_units, seed, row_normalize: as in `feature_sparsity` (deep-net defaults).
+        batch_size: examples per forward pass when `data` is an array.
+
+    Returns:
+        {layer name: {"raw": ..., "feature": ...}}.
+    """
+    _check_threshold(threshold)
+    inner = _inner(model)
+    targets = [_layer_model(inner, layer) for layer in layers]
+    if not all(isinstance(t, keras.Model) for t in targets):
+        raise ValueError("layer_sparsities needs layers of the model (names, indices or Layers), not callables.")
+    names = [t.layers[-1].name if not isinstance(layer, str) else layer for t, layer in zip(targets, layers)]
+    inputs = inner.inputs[0] if len(inner.inputs) == 1 else inner.inputs
+    extract = keras.Model(inputs, [t.outputs[0] for t in targets])
+    sizes = [int(np.prod(out.shape[1:])) for out in extract.outputs]
+    rng = np.random.RandomState(seed)
+    picks = [np.arange(size) if max_units is None or size <= max_units
+             else rng.choice(size, max_units, replace=False) for size in sizes]
+
+    @tf.function(reduce_retracing=True)
+    def summarize(x):
+        outputs = extract(x, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        results = []
+        for out, pick in zip(outputs, picks):
+            flat = tf.reshape(out, [tf.shape(out)[0], -1])
+            positive = tf.reduce_sum(tf.cast(flat > 0, tf.int64))
+            sq_norms = tf.reduce_sum(tf.square(tf.cast(flat, tf.float64)), axis=1)
+            results.append((positive, sq_norms, tf.gather(flat, pick, axis=1)))
+        return results
+
+    positives, norms, picked = np.zeros(len(sizes), dtype=np.int64), [[] for _ in sizes], [[] for _ in sizes]
+    examples = 0
+    for x in _batches(data, batch_size):
+        for k, (positive, sq_norms, columns) in enumerate(summarize(tf.convert_to_tensor(x))):
+            positives[k] += int(positive)
+            norms[k].append(np.sqrt(sq_norms.numpy()))
+            picked[k].append(columns.numpy())
+        examples += int(np.shape(x)[0])
+    if examples == 0:
+        raise ValueError("layer_sparsities got no examples in data.")
+    results = {}
+    for k, name in enumerate(names):
+        phi = np.concatenate(picked[k]).astype(np.float64)
+        if row_normalize:  # by the norm of each example's full activation vector, as before subsampling
+            row_norms = np.concatenate(norms[k])[:, None]
+            phi = phi / np.where(row_norms > 0, row_norms, 1.0)
+        kept = deduplicated_columns(phi, threshold, row_normalize=False)
+        results[name] = {"raw": positives[k] / (examples * sizes[k]),
+                         "feature": float(np.count_nonzero(phi[:, kept] > 0)) / phi.size}
+    return results
 
 
 def jacobian_matrix(model, data, batch_size=256):
@@ -222,27 +323,39 @@ def jacobian_rank(model, data, rel_tol=1e-4):
 
 
 class SparsityLogger(keras.callbacks.Callback):
-    """Logs feature sparsity (de-duplicated and raw) and the Jacobian rank to TensorBoard every N steps.
+    """Records feature sparsity (and the Jacobian rank, and any other scalars) every N optimizer steps of `fit`.
 
-    Scalars `sparsity/feature`, `sparsity/raw` and `sparsity/jacobian_rank` are written under `log_dir`
-    at optimizer step 0 and every `every_n_steps` steps (with `steps_per_execution` > 1, at the first
-    batch end past each multiple); the values are also kept in `history`, a list of dicts.
+    Measures at optimizer step 0 (the start of `fit`) and every `every_n_steps` steps (with
+    `steps_per_execution` > 1, at the first batch end past each multiple); each measurement is a dict
+    in `history` and, with `log_dir`, TensorBoard scalars `sparsity/<key>` at that step.
+
+    Keys: one layer (`layer` a name, index, Layer or callable): "feature", "raw" (`feature_sparsity`);
+    several (`layer` a list or tuple): "feature/<name>", "raw/<name>" (`layer_sparsities`, one pass);
+    "jacobian_rank" with `rank=True` (on `rank_data`, default `data`); and whatever `extra(model)` returns.
 
     Args:
-        data: inputs (or (x, y)) on which to measure, e.g. the training set.
-        layer: the layer whose features are measured (see `feature_sparsity`).
+        data: inputs (or (x, y), or an iterable of batches for several layers) to measure on.
+        layer: the layer(s) whose features are measured.
         every_n_steps: measure every this many optimizer steps.
         log_dir: TensorBoard directory; None keeps the values in `history` only.
-        threshold, max_units: as in `feature_sparsity`.
-        rank: also compute the Jacobian rank (only for small nets).
+        threshold, max_units, row_normalize: as in `feature_sparsity` (fully connected nets: 0.99, None,
+            True; the papers' deep nets: 0.95, 1000, False).
+        rank: also compute the Jacobian rank (small nets only).
+        rank_data: the points of the Jacobian (the papers: as many test points as parameters).
+        seed: measurement k subsamples units with seed + k: a new subset each time, as the papers draw.
+        extra: `extra(model) -> dict` of more scalars to record (e.g. train and test losses).
     """
 
-    def __init__(self, data, layer, every_n_steps, log_dir=None, threshold=0.99, max_units=None, rank=True):
+    def __init__(self, data, layer, every_n_steps, log_dir=None, threshold=0.99, max_units=None, rank=True,
+                 rank_data=None, row_normalize=True, seed=0, extra=None):
         super().__init__()
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive int; got every_n_steps={every_n_steps!r}.")
+        _check_threshold(threshold)
         self.data, self.layer, self.every_n_steps = data, layer, every_n_steps
         self.log_dir, self.threshold, self.max_units, self.rank = log_dir, threshold, max_units, rank
+        self.rank_data = data if rank_data is None else rank_data
+        self.row_normalize, self.seed, self.extra = row_normalize, seed, extra
         self.history = []
         self._writer = None
         self._extract = None
@@ -273,17 +386,23 @@ class SparsityLogger(keras.callbacks.Callback):
 
     def measure(self, step):
         """Measures now; `step` labels the values (and the TensorBoard points)."""
-        if self._extract is None:  # one sub-model for the whole run, not one per measurement
-            sub_model = _layer_model(self.model, self.layer)
-            self._extract = sub_model if not isinstance(sub_model, keras.Model) else _predictor(sub_model)
-        kwargs = dict(threshold=self.threshold, max_units=self.max_units)
-        values = {
-            "step": step,
-            "feature": feature_sparsity(self.model, self._extract, self.data, **kwargs),
-            "raw": feature_sparsity(self.model, self._extract, self.data, raw=True, **kwargs),
-        }
+        seed = self.seed + len(self.history)
+        kwargs = dict(threshold=self.threshold, max_units=self.max_units, row_normalize=self.row_normalize)
+        values = {"step": step}
+        if isinstance(self.layer, (list, tuple)):
+            for name, measured in layer_sparsities(self.model, self.layer, self.data, seed=seed, **kwargs).items():
+                values.update({f"feature/{name}": measured["feature"], f"raw/{name}": measured["raw"]})
+        else:
+            if self._extract is None:  # one sub-model for the whole run, not one per measurement
+                sub_model = _layer_model(self.model, self.layer)
+                self._extract = sub_model if not isinstance(sub_model, keras.Model) else _predictor(sub_model)
+            phi = activations(self.model, self._extract, self.data)
+            values["feature"] = sparsity_of_activations(phi, seed=seed, **kwargs)
+            values["raw"] = sparsity_of_activations(phi, raw=True)
         if self.rank:
-            values["jacobian_rank"] = jacobian_rank(self.model, self.data)
+            values["jacobian_rank"] = jacobian_rank(self.model, self.rank_data)
+        if self.extra is not None:
+            values.update(self.extra(self.model))
         if self._writer is not None:
             with self._writer.as_default():
                 for name, value in values.items():

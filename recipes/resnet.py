@@ -84,8 +84,10 @@ class ResNetConfig(SharpnessSettings):
     momentum: float = setting(0.9, "SGD momentum")
     wd: float = setting(5e-4, "lambda of the 0.5 lambda ||w||^2 penalty on all weights")
     schedule: str = setting("piecewise", "learning-rate schedule", choices=SCHEDULES)
-    decay_at: float = setting(0.5, "largestep: end of the large-step phase")
-    warmup: bool = setting(False, "largestep: exponential warm-up")
+    decay_at: float = setting(0.5, "largestep: p, the end of the large-step phase (a fraction of the steps)")
+    warmup_exp: float = setting(1.0, "largestep: warm-up lr * w^(100 t/T) if w > 1, lr * (1 + (100 t/T)^w) "
+                                     "if w < 1, linear if w = 1 (the sparse-features paper: 1.05)")
+    warmup_factor: float = setting(1.0, "largestep, linear warm-up (warmup_exp 1): lr -> factor * lr at 50 %")
     steps_per_epoch: Optional[int] = setting(None, "cap on steps per epoch (default: all full batches)")
     # run
     strategy: str = setting("default", "mirrored: all GPUs (all logical CPUs without GPU); multiworker: TF_CONFIG",
@@ -168,8 +170,9 @@ def make_schedule(config, total_steps):
         return schedules.Cyclic(config.lr, total_steps)
     if config.schedule == "constant":
         return schedules.Constant(config.lr)
-    if config.schedule == "largestep":
-        return schedules.LargeStep(config.lr, total_steps, decay_at=config.decay_at, warmup=config.warmup)
+    if config.schedule == "largestep":  # "SGD with large step sizes learns sparse features", piecewise_0Xepochs
+        return schedules.LargeStep(config.lr, total_steps, decay_at=config.decay_at, warmup_exp=config.warmup_exp,
+                                   warmup_factor=config.warmup_factor)
     raise ValueError(f"--schedule must be one of {SCHEDULES}; got {config.schedule!r}.")
 
 

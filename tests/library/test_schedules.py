@@ -40,30 +40,119 @@ def test_constant():
     np.testing.assert_allclose(values(schedules.Constant(0.002), [0, 10**6]), [0.002, 0.002])
 
 
-def test_large_step_decays_at_p_and_at_ninety_percent():
-    s = schedules.LargeStep(0.05, total_steps=1000, decay_at=0.3)
-    np.testing.assert_allclose(
-        values(s, [0, 299, 300, 899, 900, 999]), [0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005], rtol=1e-6
-    )
+def papers_deep_lr(t, n_epochs, lr, p, warmup_factor=1.0, warmup_exp=1.0):
+    """deep_nets/utils_train.py::get_lr_schedule('piecewise_0Xepochs') at fractional epoch t, as the papers
+    write it: branch on warmup_exp, then on t / n_epochs against p and 0.9."""
+    x = t / n_epochs
+    if warmup_exp > 1.0:
+        peak = warmup_exp ** (p * 100) * lr
+        return warmup_exp ** (x * 100) * lr if x < p else peak / 10.0 if x < 0.9 else peak / 100.0
+    if warmup_exp < 1.0:
+        peak = (1 + (p * 100) ** warmup_exp) * lr
+        return (1 + (x * 100) ** warmup_exp) * lr if x < p else peak / 10.0 if x < 0.9 else peak / 100.0
+    if x < p:
+        return np.interp([t], [0, 0.5 * n_epochs], [lr, warmup_factor * lr])[0]
+    return p / 0.5 * warmup_factor * lr / (10.0 if x < 0.9 else 100.0)
+
+
+# The papers' README: 100 epochs of 195 steps (50000 // 256, drop_last); step k (0-based) runs at the
+# schedule's value at epoch - 1 + (i + 1) / 195, i.e. x = (k + 1) / K (train.py:113).
+EPOCHS, PER_EPOCH = 100, 195
+K = EPOCHS * PER_EPOCH
+BOUNDARY_STEPS = [0, 1, 1948, 1949, 1950, 5848, 5849, 5850, 9748, 9749, 9750, 17548, 17549, 17550, K - 1]
+
+
+@pytest.mark.parametrize(
+    "lr, p, warmup_factor, warmup_exp",
+    [
+        (0.75, 0.5, 1.0, 1.05),  # README, no explicit regularisation: 0.75 -> 8.60 at 50 %, then 0.860, 0.0860
+        (0.75, 0.3, 1.0, 1.05),
+        (0.75, 0.1, 1.0, 1.05),
+        (0.75, 0.5, 1.0, 0.5),  # the polynomial branch
+        (0.05, 0.5, 1.0, 1.0),  # README, SOTA setting: the linear branch with wf = 1
+        (0.05, 0.3, 1.0, 1.0),
+        (0.05, 0.1, 1.0, 1.0),
+        (0.05, 0.5, 2.0, 1.0),
+        (0.05, 0.3, 3.0, 1.0),
+    ],
+)
+def test_large_step_is_the_papers_schedule_one_step_later(lr, p, warmup_factor, warmup_exp):
+    ours = schedules.LargeStep(lr, K, decay_at=p, warmup_exp=warmup_exp, warmup_factor=warmup_factor)
+    theirs = [papers_deep_lr(EPOCHS * (k + 1) / K, EPOCHS, lr, p, warmup_factor, warmup_exp) for k in BOUNDARY_STEPS]
+    # their step k runs at x = (k + 1) / K, ours at x = k / K: our step k + 1 is their step k
+    np.testing.assert_allclose(values(ours, [k + 1 for k in BOUNDARY_STEPS]), theirs, rtol=2e-6)
+
+
+def test_large_step_values_of_the_readme_commands():
+    # The first steps and the decays of the two README commands (numbers from the papers' formula).
+    no_reg = schedules.LargeStep(0.75, K, decay_at=0.5, warmup_exp=1.05)
+    np.testing.assert_allclose(values(no_reg, [0, K // 2 - 1, K // 2, int(0.9 * K)]),
+                               [0.75, 0.75 * 1.05 ** (100 * (K // 2 - 1) / K), 0.75 * 1.05**50 / 10,
+                                0.75 * 1.05**50 / 100], rtol=2e-6)
+    assert no_reg.peak == pytest.approx(8.600550, rel=1e-6)  # 0.75 * 1.05^50, divided by the decays
+    for p, first_decay in ((0.1, 0.001), (0.3, 0.003), (0.5, 0.005)):  # lr / (10 / (2 p)), then / 10
+        sota = schedules.LargeStep(0.05, K, decay_at=p)
+        np.testing.assert_allclose(values(sota, [0, int(p * K) - 1, int(p * K), K - 1]),
+                                   [0.05, 0.05, first_decay, first_decay / 10], rtol=1e-6)
 
 
 def test_large_step_without_decay_and_without_second_decay():
     np.testing.assert_allclose(values(schedules.LargeStep(0.5, 100, decay_at=1.0), [0, 95, 99]), [0.5] * 3)
     s = schedules.LargeStep(0.5, 100, decay_at=0.5, second_decay_at=None)
     np.testing.assert_allclose(values(s, [49, 50, 99]), [0.5, 0.05, 0.05], rtol=1e-6)
+    s = schedules.LargeStep(1.0, 100, decay_at=0.5, warmup_exp=1.05, second_decay_at=0.8, factor=4.0)
+    np.testing.assert_allclose(values(s, [79, 80]), [1.05**50 / 4, 1.05**50 / 16], rtol=1e-6)
 
 
-def test_large_step_warmup_reaches_lr_at_p():
-    # lr(t) = lr0 * e^(100 t / T) with lr0 = lr * e^(-100 p): lr at p, lr / e one percent earlier.
-    s = schedules.LargeStep(1.0, total_steps=1000, decay_at=0.1, warmup=True)
-    expected = [math.exp(-10.0), math.exp(-5.0), math.exp(-1.0), math.exp(-0.1), 0.1, 0.01]
-    np.testing.assert_allclose(values(s, [0, 50, 90, 99, 100, 900]), expected, rtol=1e-5)
+def papers_fc_lrs(gamma, num_iter, p, decay, warmup_factor=1.0, warmup_exponent=1.0):
+    """The step size of each step of fc_nets.py::train_fc_net, as its loop sets the optimizer's lr
+    (iters_percentage_linear_warmup = p, as in the notebooks)."""
+    lr, lrs = gamma, []
+    threshold = int(p * num_iter)
+    for i in range(num_iter):
+        if i <= int(p * num_iter) and int(p * num_iter) > 0:
+            lr = gamma + (warmup_factor - 1) * gamma * (i / int(num_iter)) ** warmup_exponent
+        if i == threshold:
+            lr /= decay
+        lrs.append(lr)
+    return np.array(lrs)
 
 
-def test_large_step_warmup_can_end_before_the_decay():
-    s = schedules.LargeStep(1.0, total_steps=1000, decay_at=0.5, warmup=True, warmup_end=0.05)
-    expected = [math.exp(-5.0), math.exp(-1.0), 1.0, 1.0, 0.1]
-    np.testing.assert_allclose(values(s, [0, 40, 50, 499, 500]), expected, rtol=1e-5)
+@pytest.mark.parametrize(
+    "gamma, num_iter, p, decay, factor, exponent",
+    [
+        (2e-4, 31623, 0.02, 2.5, 400 * 0.02, 1.0),  # fc_nets_1d_regression.ipynb c1
+        (2e-4, 31623, 0.5, 3.0, 400 * 0.5, 1.0),
+        (0.13, 14126, 0.0, 1.0, 1.0, 1.0),  # fc_nets_two_layer.ipynb: the constant run
+        (0.455, 14126, 0.3, 4.0, 1.0, 1.0),
+        (0.04, 10001, 0.1, 3.5, 6.0, 0.5),  # fc_nets_multi_layer.ipynb
+        (0.04, 10001, 0.5, 5.0, 6.0, 0.5),
+    ],
+)
+def test_warmup_decay_is_the_fc_nets_loop_at_every_step(gamma, num_iter, p, decay, factor, exponent):
+    ours = schedules.WarmupDecay(gamma, num_iter, decay_at=p, decay=decay, warmup_factor=factor,
+                                 warmup_exponent=exponent, dtype="float64")
+    theirs = papers_fc_lrs(gamma, num_iter, p, decay, factor, exponent)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(np.arange(num_iter))), theirs, rtol=1e-12)
+
+
+def test_warmup_decay_of_the_diagonal_nets_is_one_step_earlier():
+    # diag_nets.py::SGD divides gamma after the step of iteration i == int(p * num_iter)
+    num_iter, p, decay = 100001, 0.3, 3.4
+    theirs = np.where(np.arange(num_iter) <= int(p * num_iter), 0.282, 0.282 / decay)
+    ours = keras.ops.convert_to_numpy(schedules.WarmupDecay(0.282, num_iter, p, decay, dtype="float64")(
+        np.arange(num_iter)))
+    differ = np.flatnonzero(ours != theirs)
+    np.testing.assert_array_equal(differ, [30000])  # the first decayed step: theirs 30001, ours 30000
+    assert (ours[30000], theirs[30000]) == (0.282 / decay, 0.282)
+    assert ours[0] == 0.282  # float64: the step size itself, not its float32 rounding
+
+
+def test_warmup_decay_second_decay_and_float32():
+    s = schedules.WarmupDecay(0.22, 4000, decay_at=0.1, decay=10.0, second_decay_at=0.9)
+    np.testing.assert_allclose(values(s, [0, 399, 400, 3599, 3600, 3999]),
+                               [0.22, 0.22, 0.022, 0.022, 0.0022, 0.0022], rtol=1e-6)
+    assert s(0).dtype == "float32"
 
 
 ALL = [
@@ -71,8 +160,12 @@ ALL = [
     schedules.Cosine(0.1, 50),
     schedules.Cyclic(0.1, 50, peak=0.3),
     schedules.Constant(0.1),
-    schedules.LargeStep(0.1, 50, decay_at=0.3, warmup=True, second_decay_at=0.8, factor=5.0, warmup_rate=20.0),
-    schedules.LargeStep(0.1, 50, decay_at=0.6, warmup=True, warmup_end=0.2),
+    schedules.Constant(0.1, dtype="float64"),
+    schedules.LargeStep(0.1, 50, decay_at=0.3, warmup_exp=1.05, second_decay_at=0.8, factor=5.0),
+    schedules.LargeStep(0.1, 50, decay_at=0.6, warmup_exp=0.5, second_decay_at=None),
+    schedules.LargeStep(0.1, 50, decay_at=0.1, warmup_factor=2.0),
+    schedules.WarmupDecay(0.1, 50, decay_at=0.3, decay=2.5, warmup_factor=6.0, warmup_exponent=0.5),
+    schedules.WarmupDecay(0.1, 50, decay_at=0.0, second_decay_at=0.5, dtype="float64"),
 ]
 
 
@@ -110,6 +203,13 @@ def test_schedule_drives_an_optimizer_and_survives_its_config():
         (lambda: schedules.LargeStep(0.1, 10, decay_at=0), "decay_at"),
         (lambda: schedules.LargeStep(0.1, 10, decay_at=1.5), "decay_at"),
         (lambda: schedules.LargeStep(0.1, 10, factor=0.5), "factor"),
+        (lambda: schedules.LargeStep(0.1, 10, warmup_exp=0), "warmup_exp"),
+        (lambda: schedules.LargeStep(0.1, 10, warmup_exp=1.05, warmup_factor=2.0), "warmup_factor"),
+        (lambda: schedules.LargeStep(0.1, 10, dtype="float16"), "dtype"),
+        (lambda: schedules.WarmupDecay(0.1, 10, decay_at=-0.1), "decay_at"),
+        (lambda: schedules.WarmupDecay(0.1, 10, decay=0.5), "decay"),
+        (lambda: schedules.WarmupDecay(0.1, 10, warmup_exponent=0), "warmup_exponent"),
+        (lambda: schedules.WarmupDecay(0.1, 10, decay_at=0.5, second_decay_at=0.3), "second_decay_at"),
         (lambda: schedules.Cyclic(0.1, 10, peak=1.0), "peak"),
     ],
 )
