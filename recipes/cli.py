@@ -24,8 +24,8 @@ RECIPES = {
     "relu_1d": "recipes.relu_1d",
     "large_step_sgd": "recipes.large_step_sgd",
     "resnet": "recipes.resnet",
-    "fashion_mnist": "recipes.fashion_mnist",
     "tune": "recipes.tune",
+    "fashion_mnist": "recipes.fashion_mnist",
 }
 USAGE = f"usage: msam RECIPE [EXPERIMENT] [--field value ...]   (recipes: {', '.join(RECIPES)}; msam RECIPE --help)"
 

@@ -69,6 +69,8 @@ class FashionConfig:
     train_size: int = setting(1000, "training examples (the first ones after the validation split)")
     val_size: int = setting(500, "validation examples (a random subset of the train split, seeded by the seed)")
     noise: tuple[float, ...] = setting((0.0, 0.4), "symmetric label-noise levels (train and validation labels)")
+    augment: bool = setting(False, "random crops (2-pixel padding) of the training images (--augment; off: the "
+                                   "runs fit the noisy labels within 100 epochs, see the docs)")
     # model and optimisation (each run: msam resnet with these)
     model: str = setting("resnet18", "network (keras_msam.models)")
     width: int = setting(8, "channels of the first stage")
@@ -151,7 +153,8 @@ def run_config(config, run):
     from recipes import resnet
 
     return resnet.ResNetConfig(
-        dataset="fashion_mnist", data_dir=config.data_dir, download=False, train_size=config.train_size,
+        dataset="fashion_mnist", data_dir=config.data_dir, download=False, augment=config.augment,
+        train_size=config.train_size,
         val_size=config.val_size, label_noise=run.noise, noise_type="symmetric", noise_seed=run.seed,
         model=config.model, width=config.width, rho=config.rho if run.method == "sam" else 0.0, m=run.m,
         sam_window=(0.0, 1.0) if run.method == "sam" else (0.0, 0.0), shards_per_pass=config.shards_per_pass,
@@ -459,7 +462,7 @@ def tune(config):
         hypermodel, objective=kt.Objective("val_accuracy", "max"), hyperparameters=space,
         max_trials=len(config.tune_rhos), directory=config.out, project_name="tuner", seed=config.tune_seed,
     )
-    train = images.train_dataset(data.x_train, data.y_train, config.batch_size, seed=config.tune_seed,
+    train = images.train_dataset(data.x_train, data.y_train, config.batch_size, config.augment, seed=config.tune_seed,
                                  **images.AUGMENTATION["fashion_mnist"])
     val = images.eval_dataset(data.x_val, data.y_val, 500)
     tuner.search(train, validation_data=val, epochs=config.epochs, steps_per_epoch=steps, verbose=0)
