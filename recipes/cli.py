@@ -25,6 +25,7 @@ RECIPES = {
     "large_step_sgd": "recipes.large_step_sgd",
     "resnet": "recipes.resnet",
     "tune": "recipes.tune",
+    "fashion_mnist": "recipes.fashion_mnist",
 }
 USAGE = f"usage: msam RECIPE [EXPERIMENT] [--field value ...]   (recipes: {', '.join(RECIPES)}; msam RECIPE --help)"
 

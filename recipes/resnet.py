@@ -9,11 +9,14 @@ A config (`ResNetConfig`, whose defaults are the papers' settings) over the libr
 of `recipes.tasks.images` and `runner.fit_dataset`: one `model.fit` with the standard callbacks.
 
 Outputs in --out: `backup/` (a killed run restarted with the same command resumes at the epoch after the
-last completed one), `tensorboard/`, `history.csv` (one row per epoch), `final.weights.h5` (the
-network's weights, e.g. for `keras_msam.interpolation`) and `results.json`.
+last completed one), `tensorboard/`, `history.csv` (one row per epoch; test / validation / train errors
+every --eval-every epochs), `final.weights.h5` (the network's weights, e.g. for
+`keras_msam.interpolation`), `best.weights.h5` (the best-by-validation ones), `evaluation.json` and
+`results.json`.
 """
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -45,14 +48,21 @@ class ResNetConfig(SharpnessSettings):
     epochs, batch 128 = m, rho 0.1, lr 0.1 piecewise, wd 5e-4)."""
 
     # data
-    dataset: str = setting("cifar10", "TFDS dataset, or synthetic random data", choices=images.DATASETS)
-    data_dir: Optional[str] = setting(None, "TFDS data directory (default: TFDS's own)")
+    dataset: str = setting("cifar10", "CIFAR (TFDS), Fashion-MNIST (IDX files), or synthetic random data",
+                           choices=images.DATASETS)
+    data_dir: Optional[str] = setting(None, "CIFAR: TFDS data directory (default: TFDS's own); fashion_mnist: "
+                                            "directory of its IDX files (default: Debian's, Keras' cache, TFDS)")
     download: bool = setting(True, "download missing TFDS data (--no-download: fail instead)")
-    val_fraction: float = setting(0.1, "held-out last part of the train split (0.1: 45k / 5k)")
-    augment: bool = setting(True, "random crop of the 4-pixel zero-padded image + horizontal flip")
-    label_noise: float = setting(0.0, "fraction of training labels flipped")
+    val_fraction: float = setting(0.1, "validation set: a random part of the train split, seeded by --seed "
+                                       "(0.1: 45k / 5k)")
+    val_size: Optional[int] = setting(None, "validation examples (default: --val-fraction of the train split)")
+    train_size: Optional[int] = setting(None, "train on the first N non-validation examples only (default: all)")
+    augment: bool = setting(True, "random crop of the zero-padded image (+ flip for CIFAR; images.AUGMENTATION)")
+    label_noise: float = setting(0.0, "fraction of training (and validation) labels flipped")
     noise_type: str = setting("symmetric", "how labels are flipped", choices=images.NOISE_TYPES)
     noise_seed: int = setting(0, "seed of the label noise")
+    val_label_noise: bool = setting(True, "label noise on the validation labels too, as the papers "
+                                          "(--no-val-label-noise: clean validation labels)")
     synthetic_size: tuple[int, int] = setting((1024, 256), "synthetic: train + validation, test examples",
                                               metavar=("TRAIN", "TEST"))
     # model
@@ -95,7 +105,9 @@ class ResNetConfig(SharpnessSettings):
     jit: Optional[bool] = setting(None, "XLA compilation of the step (default: on with a GPU)")
     out: str = setting("runs/resnet", "output directory (backup, TensorBoard, history, results)")
     seed: int = setting(0, "seed")
-    eval_batch_size: int = setting(500, "batch size of the final evaluation")
+    eval_batch_size: int = setting(500, "batch size of the evaluations")
+    eval_every: int = setting(5, "test / validation / train errors every K epochs and before training (into "
+                                 "history.csv), best-by-validation checkpoint; 0: at the end only")
     swa: bool = setting(True, "the papers' 'SWA' (an EMA of the weights, BatchNorm recomputed) evaluated too")
     swa_tau: float = setting(0.999, "SWA: w_swa <- tau w_swa + (1 - tau) w after every step")
     swa_every: int = setting(5, "SWA: evaluated every K epochs and after the last")
@@ -128,6 +140,12 @@ class ResNetConfig(SharpnessSettings):
             raise ValueError(f"--label-noise must be a fraction in [0, 1]; got {self.label_noise}.")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1; got {self.epochs}.")
+        if self.train_size is not None and self.train_size < 1:
+            raise ValueError(f"--train-size must be >= 1 (or omitted for all examples); got {self.train_size}.")
+        if self.val_size is not None and self.val_size < 0:
+            raise ValueError(f"--val-size must be >= 0 (or omitted for --val-fraction); got {self.val_size}.")
+        if self.eval_every < 0:
+            raise ValueError(f"--eval-every must be >= 0 (0: evaluate at the end only); got {self.eval_every}.")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1; got {self.batch_size}.")
         if self.m is not None and not 1 <= self.m <= self.batch_size:
@@ -219,34 +237,161 @@ def per_replica_m(config, replicas):
     return per_replica, m
 
 
-def _errors(model, x, y, batch_size):
-    """(cross-entropy per example, wrong per example) of the model's predictions on uint8 images x."""
-    logits = model.predict(images.eval_dataset(x, y, batch_size), verbose=0)
+def _logits(model, x, batch_size):
+    """The model's logits on uint8 images x (unaugmented, inference mode)."""
+    return model.predict(images.eval_dataset(x, np.zeros(len(x), np.int32), batch_size), verbose=0)
+
+
+def _loss_wrong(logits, y):
+    """(cross-entropy per example, wrong per example) of logits against labels y."""
     losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
     return np.asarray(losses, dtype=np.float64), np.argmax(logits, axis=-1) != y
 
 
+def evaluation_keys(data):
+    """The keys `evaluate(model, data)` returns (the same for every model of a run)."""
+    keys = ["test_error", "test_loss"]
+    if len(data.y_val):
+        keys += ["val_error", "val_loss"] + (["val_error_clean"] if data.val_noisy.any() else [])
+    keys += ["train_error", "train_loss", "train_error_clean"]
+    if data.noisy.any():
+        keys += ["train_error_noisy", "train_error_noisy_vs_true"]
+    return keys
+
+
 def evaluate(model, data, batch_size):
-    """Test / validation / train errors, the train ones split into clean and flipped (noisy) labels."""
+    """Test / validation / train errors and mean cross-entropies (no weight decay), the train error split
+    into clean and flipped (noisy) labels: keys `evaluation_keys(data)`.
+
+    `val_error` is w.r.t. the validation labels as used (noisy with label noise, unless
+    --no-val-label-noise), `val_error_clean` w.r.t. the original ones; `train_error_noisy` is w.r.t. the
+    flipped labels (1 - it is the memorised fraction), `train_error_noisy_vs_true` w.r.t. their true labels.
+    """
     results = {}
-    test_loss, test_wrong = _errors(model, data.x_test, data.y_test, batch_size)
+    test_loss, test_wrong = _loss_wrong(_logits(model, data.x_test, batch_size), data.y_test)
     results.update(test_error=float(test_wrong.mean()), test_loss=float(test_loss.mean()))
     if len(data.y_val):
-        val_loss, val_wrong = _errors(model, data.x_val, data.y_val, batch_size)
+        logits = _logits(model, data.x_val, batch_size)
+        val_loss, val_wrong = _loss_wrong(logits, data.y_val)
         results.update(val_error=float(val_wrong.mean()), val_loss=float(val_loss.mean()))
-    train_loss, train_wrong = _errors(model, data.x_train, data.y_train, batch_size)
+        if data.val_noisy.any():
+            results["val_error_clean"] = float(_loss_wrong(logits, data.y_val_clean)[1].mean())
+    logits = _logits(model, data.x_train, batch_size)
+    train_loss, train_wrong = _loss_wrong(logits, data.y_train)
     noisy = data.noisy
     results.update(
         train_error=float(train_wrong.mean()),  # w.r.t. the labels trained on
         train_loss=float(train_loss.mean()),
         train_error_clean=float(train_wrong[~noisy].mean()) if (~noisy).any() else None,
-        train_error_noisy=float(train_wrong[noisy].mean()) if noisy.any() else None,  # vs the noisy labels
-        noisy_fraction=float(noisy.mean()),
     )
-    if noisy.any():  # how often the flipped examples are classified as their true class
-        _, true_wrong = _errors(model, data.x_train[noisy], data.y_train_clean[noisy], batch_size)
-        results["train_error_noisy_vs_true"] = float(true_wrong.mean())
+    if noisy.any():
+        results["train_error_noisy"] = float(train_wrong[noisy].mean())  # vs the noisy labels
+        # how often the flipped examples are classified as their true class
+        results["train_error_noisy_vs_true"] = float(_loss_wrong(logits[noisy], data.y_train_clean[noisy])[1].mean())
     return results
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """`evaluate_fn(model)` before training and every `every` epochs (and after the last), as the papers'
+    evaluation every 5 epochs; keeps the best-by-validation weights.
+
+    - Each evaluation's numbers go into the epoch's logs (so into history.csv and TensorBoard; NaN on the
+      epochs in between, so that every row has the same columns), together with `epoch_seconds`, the
+      training time of the epoch without the evaluation. The evaluation before training is epoch 0 of
+      `rows`.
+    - Best-by-validation (the papers' early stopping): an evaluation whose `val_error` is strictly lower than
+      the best so far (epoch 0 included) becomes the best; its weights (the inner network's, like
+      final.weights.h5) go to `OUT/best.weights.h5`.
+    - Resume: the rows and the best are kept in `OUT/evaluation.json`, written by `committer` (a callback
+      to place after BackupAndRestore), so that they never run ahead of the backup; a resumed run reads
+      them back, and evaluates the restored weights at once if the evaluation of its last backed-up epoch
+      was lost.
+    """
+
+    STATE = "evaluation.json"
+    BEST = "best.weights.h5"
+    PENDING = "best_pending.weights.h5"
+
+    def __init__(self, evaluate_fn, keys, every, epochs, out, network):
+        super().__init__()
+        self.evaluate_fn, self.keys, self.every, self.epochs = evaluate_fn, list(keys), int(every), int(epochs)
+        self.out, self.network = out, network
+        self.rows, self.best, self._pending, self._started, self._epoch_start = [], None, None, None, None
+        self._dirty = False
+        self.committer = _Commit(self)
+
+    def due(self, epochs_done):
+        """Whether the model after `epochs_done` epochs is evaluated."""
+        if epochs_done == self.epochs:
+            return True
+        return self.every > 0 and epochs_done % self.every == 0
+
+    def _evaluate(self, epochs_done):
+        row = {"epoch": epochs_done, **self.evaluate_fn(self.model)}
+        self.rows = [r for r in self.rows if r["epoch"] != epochs_done] + [row]
+        self._dirty = True
+        value = row.get("val_error")
+        if value is not None and math.isfinite(value) and (self.best is None or value < self.best["val_error"]):
+            self.network.save_weights(os.path.join(self.out, self.PENDING))
+            self._pending = row
+        return row
+
+    def commit(self):
+        """Makes the pending best and the rows durable (after the epoch was backed up)."""
+        if self._pending is not None:
+            os.replace(os.path.join(self.out, self.PENDING), os.path.join(self.out, self.BEST))
+            self.best, self._pending = self._pending, None
+        if self._dirty:
+            outputs.write_json(os.path.join(self.out, self.STATE), {"rows": self.rows, "best": self.best})
+            self._dirty = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._started is None:  # the first epoch of this process: a fresh run (0) or a resumed one
+            self._started = epoch
+            pending = os.path.join(self.out, self.PENDING)
+            if os.path.exists(pending):
+                os.remove(pending)
+            state = os.path.join(self.out, self.STATE)
+            if epoch > 0 and os.path.exists(state):
+                with open(state) as handle:
+                    saved = json.load(handle)
+                self.rows = [r for r in saved["rows"] if r["epoch"] <= epoch]
+                best = saved.get("best")
+                self.best = best if best is not None and best["epoch"] <= epoch else None
+            if (epoch == 0 and self.every > 0) or (epoch > 0 and self.due(epoch)
+                                                   and all(r["epoch"] != epoch for r in self.rows)):
+                self._evaluate(epoch)
+                self.commit()
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["epoch_seconds"] = time.perf_counter() - self._epoch_start
+        row = self._evaluate(epoch + 1) if self.due(epoch + 1) else {}
+        for key in self.keys:
+            value = row.get(key)
+            logs[key] = float("nan") if value is None else value
+
+    def selection(self):
+        """{"val_selection": the best-by-validation evaluation, "test_selection": the lowest test error
+        (the papers log both; only the first is a fair choice)}."""
+        results = {}
+        if self.best is not None:
+            results["val_selection"] = dict(self.best)
+        finite = [r for r in self.rows if r.get("test_error") is not None and math.isfinite(r["test_error"])]
+        if finite:
+            results["test_selection"] = dict(min(finite, key=lambda r: r["test_error"]))
+        return results
+
+
+class _Commit(keras.callbacks.Callback):
+    def __init__(self, evaluation):
+        super().__init__()
+        self.evaluation = evaluation
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.evaluation.commit()
 
 
 # --------------------------------------------------------------------------- the run
@@ -274,9 +419,11 @@ def train(config, callbacks=()):
 
     with checking_settings():
         data = images.load(config.dataset, config.data_dir, config.val_fraction, config.download,
-                           tuple(config.synthetic_size), config.seed)
+                           tuple(config.synthetic_size), config.seed, val_size=config.val_size,
+                           train_size=config.train_size)
         if config.label_noise > 0:
-            data = data.with_label_noise(config.label_noise, config.noise_type, config.noise_seed)
+            data = data.with_label_noise(config.label_noise, config.noise_type, config.noise_seed,
+                                         validation=config.val_label_noise)
         print(data.summary())
         full_steps = len(data.y_train) // config.batch_size
         if full_steps < 1:
@@ -286,13 +433,13 @@ def train(config, callbacks=()):
         steps = full_steps if config.steps_per_epoch is None else min(config.steps_per_epoch, full_steps)
         total_steps = config.epochs * steps
         train_ds = images.train_dataset(data.x_train, data.y_train, config.batch_size, config.augment,
-                                        seed=config.seed)
-        val_ds = images.eval_dataset(data.x_val, data.y_val, config.eval_batch_size) if len(data.y_val) else None
+                                        seed=config.seed, **images.AUGMENTATION[config.dataset])
 
         # rho = 0: plain ERM steps (one pass over the batch), not SAM steps with eps = 0
         window = PapersSAMWindow(*(config.sam_window if config.rho > 0 else (0.0, 0.0)), epochs=config.epochs)
         with strategy.scope():
-            net = get_model(config.model, data.num_classes, config.width, config.norm, weight_decay=config.wd)
+            net = get_model(config.model, data.num_classes, config.width, config.norm, input_shape=data.image_shape,
+                            weight_decay=config.wd)
             model = SAMModel(net, rho=config.rho, m=m, sam_enabled=window.active(0),
                              **sam_model_settings(config, m, per_replica))
             lr_schedule = make_schedule(config, total_steps)
@@ -303,7 +450,9 @@ def train(config, callbacks=()):
                 jit_compile=jit,
             )
 
-    schedule_callbacks = [window]
+    evaluation = PeriodicEvaluation(lambda m: evaluate(m, data, config.eval_batch_size), evaluation_keys(data),
+                                    config.eval_every, config.epochs, out, net)
+    schedule_callbacks = [evaluation, window]  # the evaluation logs into history.csv: before the CSVLogger
     if config.rho_follows_lr:
         schedule_callbacks.append(RhoSchedule(lambda epoch: config.rho * float(lr_schedule(epoch * steps)) / config.lr))
     swa, after_backup = None, []
@@ -312,9 +461,8 @@ def train(config, callbacks=()):
                                                       lambda network: evaluate(network, data, config.eval_batch_size),
                                                       config.swa_tau, config.swa_every, config.epochs, out)
         schedule_callbacks += swa_before
-    history = runner.fit_dataset(model, train_ds, config.epochs, steps, out, validation_data=val_ds,
-                                 schedule_callbacks=schedule_callbacks, callbacks=[*after_backup, *callbacks],
-                                 verbose=config.verbose)
+    history = runner.fit_dataset(model, train_ds, config.epochs, steps, out, schedule_callbacks=schedule_callbacks,
+                                 callbacks=[evaluation.committer, *after_backup, *callbacks], verbose=config.verbose)
     net.save_weights(os.path.join(out, "final.weights.h5"))
 
     results = {
@@ -327,7 +475,12 @@ def train(config, callbacks=()):
         "num_params": int(sum(np.prod(v.shape) for v in net.trainable_variables)),
         "jit_compile": jit,
     }
-    results.update(evaluate(model, data, config.eval_batch_size))
+    final = evaluation.rows[-1] if evaluation.rows and evaluation.rows[-1]["epoch"] == config.epochs else None
+    results.update({k: v for k, v in final.items() if k != "epoch"} if final else evaluate(model, data,
+                                                                                           config.eval_batch_size))
+    results["noisy_fraction"] = float(data.noisy.mean())
+    results.update(evaluation.selection())
+    results["evaluations"] = evaluation.rows
     if swa is not None:
         results.update(swa.results())
     if config.sharpness_m:
@@ -345,6 +498,8 @@ def _main(config):
         f"test error {results['test_error']:.4f}, train error {results['train_error']:.4f}"
         + (f" (clean labels {results['train_error_clean']:.4f}, noisy labels {results['train_error_noisy']:.4f})"
            if noisy else "")
+        + (f"; best-by-validation (epoch {results['val_selection']['epoch']}) test error "
+           f"{results['val_selection']['test_error']:.4f}" if "val_selection" in results else "")
         + f"; results in {os.path.join(config.out, 'results.json')}"
     )
     print_analyses(results)

@@ -1,38 +1,87 @@
-"""Image classification data: CIFAR-10 / CIFAR-100 (through TFDS) or synthetic images, as arrays and tf.data.
+"""Image classification data: CIFAR-10 / CIFAR-100 (TFDS), Fashion-MNIST (IDX files) or synthetic images.
 
-- `load(name)`: uint8 images and int labels, the TFDS train split cut into train / validation
-  (45k / 5k for CIFAR: the last `val_fraction` of the split is the validation set) and the test split.
-  `name="synthetic"` gives random CIFAR-shaped data (learnable: each class is a noisy template) for
-  smoke runs and benchmarks, without TFDS.
-- `add_label_noise(labels, fraction, ...)`: the papers' label noise, with a record of what was flipped.
-- `train_dataset` / `eval_dataset`: tf.data pipelines, inputs in [0, 1]; training batches are
-  augmented (random 32x32 crop of the 4-pixel zero-padded image + horizontal flip, in a parallel map),
+- `load(name, ...)`: uint8 images [n, H, W, C] and int32 labels as `ImageData`: the train split cut into
+  train / validation, and the test split. The validation set is a seeded random subset of the train split,
+  as in the papers' code (`np.random.seed(seed); val = np.random.permutation(n)[:n_val]`, n_val =
+  floor(val_fraction n): 5k of CIFAR's 50k); the training set is the rest in the split's order, or its
+  first `train_size` examples (the papers' `--frac_train` takes the first ones too).
+- Fashion-MNIST (`"fashion_mnist"`, 60k / 10k greyscale 28x28, 10 classes) is read from its four IDX
+  files (raw or gzipped): in `data_dir` when given; else Debian's `dataset-fashion-mnist` package
+  (/usr/share/datasets/fashion-mnist), else Keras' cache (~/.keras/datasets/fashion-mnist, as
+  `keras.datasets.fashion_mnist.load_data()` leaves it); else TFDS's `fashion_mnist` when prepared.
+  Where none is there, the error names `apt-get install dataset-fashion-mnist`.
+- CIFAR comes from TFDS; a missing dataset is downloaded when `download=True`, after a probe of the
+  download host (a few seconds offline, instead of TFDS's minutes of retries); a failed download leaves
+  nothing half-prepared behind. `"synthetic"`: random CIFAR-shaped data for smoke runs, without TFDS.
+- `ImageData.with_label_noise(...)` / `add_label_noise(...)`: the papers' label noise, on the training
+  labels and by default on the validation labels too (the papers' early stopping saw noisy validation
+  labels), with a record of what was flipped.
+- `train_dataset` / `eval_dataset`: tf.data pipelines, inputs in [0, 1]; training batches are augmented
+  per dataset (`AUGMENTATION`: random crop of the zero-padded image, plus a horizontal flip for CIFAR),
   shuffled, repeated, and have a static batch size (`drop_remainder=True`, as XLA wants).
 """
 
 import dataclasses
+import gzip
+import os
+import shutil
+import socket
+import struct
+import threading
+import urllib.parse
 
 import numpy as np
 import tensorflow as tf
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "synthetic": 10}
 DATASETS = tuple(NUM_CLASSES)
+IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "fashion_mnist": (28, 28, 1), "synthetic": (32, 32, 3)}
+IMAGE_SHAPE = IMAGE_SHAPES["cifar10"]
 NOISE_TYPES = ("symmetric", "asymmetric")
-# CIFAR-10 asymmetric noise: truck -> automobile, bird -> airplane, cat <-> dog, deer -> horse.
-CIFAR10_ASYMMETRIC = {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
-IMAGE_SHAPE = (32, 32, 3)
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+# Asymmetric noise maps each drawn label to a similar class. CIFAR-10 (the papers' map): truck ->
+# automobile, bird -> airplane, cat <-> dog, deer -> horse. Fashion-MNIST (ours, the same shape: five
+# source classes, one swap): T-shirt/top -> Shirt, Pullover <-> Coat, Sneaker -> Sandal, Ankle boot ->
+# Sneaker, the pairs a trained classifier confuses most (docs/recipes/fashion_mnist.md). Other datasets:
+# y -> (y + 1) mod classes (the papers' CIFAR-100 map).
+ASYMMETRIC_MAPS = {
+    "cifar10": {9: 1, 2: 0, 3: 5, 5: 3, 4: 7},
+    "fashion_mnist": {0: 6, 2: 4, 4: 2, 7: 5, 9: 7},
+}
+CIFAR10_ASYMMETRIC = ASYMMETRIC_MAPS["cifar10"]
+# Training augmentation: random crop of the image zero-padded by `padding` pixels, and a random
+# horizontal flip. CIFAR: the papers' RandomCrop(32, padding=4) + RandomHorizontalFlip. Fashion-MNIST:
+# 2 pixels (7 % of 28, as 4 is 12.5 % of 32 but the garments fill the frame) and no flip: every shoe in
+# Fashion-MNIST points left, so a flip makes images the test set never shows (the papers' code does not
+# flip MNIST or SVHN either).
+AUGMENTATION = {
+    "cifar10": {"padding": 4, "flip": True},
+    "cifar100": {"padding": 4, "flip": True},
+    "fashion_mnist": {"padding": 2, "flip": False},
+    "synthetic": {"padding": 4, "flip": True},
+}
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+PROBE_TIMEOUT_S = 5.0  # how long the download host may take to accept a connection
 
 
 class DatasetUnavailableError(RuntimeError):
-    """The TFDS data of a dataset is not on disk and could not be downloaded."""
+    """The data of a dataset is not on disk and could not be downloaded (or its files are broken)."""
 
 
 @dataclasses.dataclass
-class CifarData:
-    """Arrays of one dataset: uint8 images [n, 32, 32, 3], int32 labels [n].
+class ImageData:
+    """Arrays of one dataset: uint8 images [n, H, W, C], int32 labels [n].
 
-    `y_train` holds the training labels as used for training (noisy when label noise was added),
-    `y_train_clean` the original ones and `noisy` (bool [n_train]) marks the flipped labels.
+    `y_train` / `y_val` hold the labels as used (noisy when label noise was added), `y_train_clean` /
+    `y_val_clean` the original ones, and `noisy` / `val_noisy` (bool) mark the flipped labels.
+    `source` says where the arrays were read from.
     """
 
     name: str
@@ -45,58 +94,245 @@ class CifarData:
     y_test: np.ndarray
     y_train_clean: np.ndarray = None
     noisy: np.ndarray = None
+    y_val_clean: np.ndarray = None
+    val_noisy: np.ndarray = None
+    source: str = ""
 
     def __post_init__(self):
         if self.y_train_clean is None:
             self.y_train_clean = self.y_train.copy()
         if self.noisy is None:
             self.noisy = np.zeros(len(self.y_train), dtype=bool)
+        if self.y_val_clean is None:
+            self.y_val_clean = self.y_val.copy()
+        if self.val_noisy is None:
+            self.val_noisy = np.zeros(len(self.y_val), dtype=bool)
 
-    def with_label_noise(self, fraction, noise_type="symmetric", seed=0):
-        """A copy whose training labels carry `fraction` label noise (see `add_label_noise`)."""
+    @property
+    def image_shape(self):
+        """The shape of one image (H, W, C): the models' `input_shape`."""
+        return tuple(self.x_train.shape[1:])
+
+    def with_label_noise(self, fraction, noise_type="symmetric", seed=0, validation=True):
+        """A copy with `fraction` label noise (see `add_label_noise`) on the training labels and, when
+        `validation` (the papers' choice), an independent draw on the validation labels (seed `[seed, 1]`)."""
         noisy_labels, flipped = add_label_noise(
             self.y_train_clean, fraction, self.num_classes, noise_type, seed=seed, dataset=self.name
         )
-        return dataclasses.replace(self, y_train=noisy_labels, noisy=flipped)
+        data = dataclasses.replace(self, y_train=noisy_labels, noisy=flipped)
+        if validation and len(self.y_val_clean):
+            val_labels, val_flipped = add_label_noise(
+                self.y_val_clean, fraction, self.num_classes, noise_type, seed=[seed, 1], dataset=self.name
+            )
+            data = dataclasses.replace(data, y_val=val_labels, val_noisy=val_flipped)
+        return data
 
     def summary(self):
         noise = f", {int(self.noisy.sum())} noisy training labels" if self.noisy.any() else ""
+        if self.val_noisy.any():
+            noise += f", {int(self.val_noisy.sum())} noisy validation labels"
+        source = f" (from {self.source})" if self.source else ""
         return (
-            f"{self.name}: {len(self.y_train)} train / {len(self.y_val)} validation / {len(self.y_test)} test "
-            f"examples, {self.num_classes} classes{noise}"
+            f"{self.name}{source}: {len(self.y_train)} train / {len(self.y_val)} validation / {len(self.y_test)} "
+            f"test examples of shape {self.image_shape}, {self.num_classes} classes{noise}"
         )
 
 
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- loading: TFDS
 def _check_name(name):
     if name not in NUM_CLASSES:
         raise ValueError(f"Unknown dataset {name!r}; valid names: {list(DATASETS)}.")
 
 
-def _tfds_arrays(name, split, data_dir, download):
+class _NotPrepared(Exception):
+    """Internal: why a TFDS dataset could not be had (the caller words the fix)."""
+
+
+def _reachable(host, port, timeout):
+    """True when a TCP connection to host:port (name lookup included) succeeds within `timeout` seconds."""
+    result = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)  # the name lookup ignores `timeout`: bound it here
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _download_hosts(builder):
+    """(host, port) of every URL the builder downloads from (its registered checksums)."""
+    hosts = set()
+    for url in builder.url_infos or {}:
+        parsed = urllib.parse.urlparse(url)
+        if parsed.hostname:
+            hosts.add((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return sorted(hosts)
+
+
+def _snapshot(root, name):
+    """The paths under `root` that a download of `name` may create (the top levels only)."""
+    paths = set()
+    for directory in (root, os.path.join(root, name), os.path.join(root, "downloads"),
+                      os.path.join(root, "downloads", name)):
+        if os.path.isdir(directory):
+            paths.update(os.path.join(directory, entry) for entry in os.listdir(directory))
+    return paths
+
+
+def _remove_new(root, name, before):
+    """Removes what a failed download created under `root` (nothing that was there before)."""
+    for path in sorted(_snapshot(root, name) - before, key=len):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
+def _download_and_prepare(builder, name):
+    """Downloads and prepares a TFDS dataset; raises `_NotPrepared` with the reason, quickly when offline."""
+    try:
+        hosts = _download_hosts(builder)
+    except ModuleNotFoundError as error:  # TFDS's download path imports more than TFDS declares
+        raise _NotPrepared(
+            f"TFDS's download path needs the Python package {error.name!r}, which is not installed: "
+            f"`pip install {error.name}` (keras-msam declares it: `pip install -e .` installs it)"
+        ) from error
+    mocked = type(builder).download_and_prepare.__module__.startswith("tensorflow_datasets.testing")
+    for host, port in [] if mocked else hosts:  # tfds.testing.mock_data downloads nothing: no probe
+        if not _reachable(host, port, PROBE_TIMEOUT_S):
+            raise _NotPrepared(f"its download host {host}:{port} did not answer within {PROBE_TIMEOUT_S:g} s "
+                               "(no internet access?)")
+    root = os.fspath(builder.data_dir_root)
+    before = _snapshot(root, name)
+    try:
+        builder.download_and_prepare()
+    except BaseException as error:  # network errors come in many types; clean up after any of them
+        _remove_new(root, name, before)
+        if not isinstance(error, Exception):
+            raise
+        raise _NotPrepared(f"the download failed ({type(error).__name__}: {error})") from error
+
+
+def _tfds_builder(name, data_dir, download):
+    """A prepared TFDS builder of `name`; raises `_NotPrepared` with the reason."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-        where = f"--data-dir {data_dir}" if data_dir else "the default TFDS data dir (~/tensorflow_datasets)"
-        fix = (
-            f"prepare it on a machine with internet access with "
-            f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir=DIR).download_and_prepare()\"` "
-            f"and copy DIR here (pass it with --data-dir / data_dir=), or use dataset 'synthetic' for a smoke run"
-        )
         if not download:
-            raise DatasetUnavailableError(f"TFDS dataset {name!r} is not prepared in {where} and download=False: {fix}.")
-        try:
-            builder.download_and_prepare()
-        except Exception as error:  # network errors come in many types
-            raise DatasetUnavailableError(
-                f"TFDS dataset {name!r} is not prepared in {where} and could not be downloaded "
-                f"({type(error).__name__}: {error}): {fix}."
-            ) from error
+            raise _NotPrepared("it is not prepared and download=False (--no-download)")
+        _download_and_prepare(builder, name)
+    return builder
+
+
+def _tfds_split(builder, split):
+    import tensorflow_datasets as tfds
+
     batches = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(10_000)))
     images = np.concatenate([b[0] for b in batches]).astype(np.uint8)
     labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
     return images, labels
+
+
+def _tfds_arrays(name, data_dir, download):
+    """((x, y), (x_test, y_test)) of a TFDS dataset, downloaded if needed and allowed."""
+    where = f"--data-dir {data_dir}" if data_dir else "the default TFDS data dir (~/tensorflow_datasets)"
+    try:
+        builder = _tfds_builder(name, data_dir, download)
+    except _NotPrepared as reason:
+        raise DatasetUnavailableError(
+            f"TFDS dataset {name!r} is not prepared in {where} and could not be had: {reason}. Fix: prepare it on "
+            f"a machine with internet access with `python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.builder('{name}', data_dir=DIR).download_and_prepare()\"` and copy DIR here (pass it with "
+            f"--data-dir / data_dir=), or use dataset 'synthetic' for a smoke run."
+        ) from reason
+    return _tfds_split(builder, "train"), _tfds_split(builder, "test")
+
+
+# --------------------------------------------------------------------------- loading: IDX files
+def read_idx(path):
+    """An IDX file (the MNIST format; raw or gzipped, told by its first bytes) as a uint8 array."""
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    with (gzip.open if gzipped else open)(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] < 1:
+        raise DatasetUnavailableError(
+            f"{path} is not an IDX file of unsigned bytes (magic {raw[:4].hex() or 'missing'}, expected 0000 08 "
+            f"<ndim>): replace it with the dataset's original file ({FASHION_MNIST_INSTALL})."
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header]) if len(raw) >= header else None
+    if dims is None or len(raw) - header != int(np.prod(dims)):
+        raise DatasetUnavailableError(
+            f"{path} is truncated or corrupt: its header announces {dims} bytes of data, the file holds "
+            f"{len(raw) - header}: replace it with the dataset's original file ({FASHION_MNIST_INSTALL})."
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _idx_path(directory, stem):
+    for candidate in (stem, stem + ".gz"):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _idx_split(directory, split, num_classes):
+    """(images [n, H, W, 1], labels [n]) of one split from its IDX files in `directory`."""
+    image_path, label_path = (_idx_path(directory, stem) for stem in IDX_FILES[split])
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DatasetUnavailableError(
+            f"{image_path} and {label_path} do not fit together: images {images.shape}, labels {labels.shape} "
+            f"(expected [n, H, W] and [n]): replace them with the dataset's original files ({FASHION_MNIST_INSTALL})."
+        )
+    if len(labels) and labels.max() >= num_classes:
+        raise DatasetUnavailableError(f"{label_path} holds label {labels.max()} >= {num_classes} classes.")
+    return images[..., None], labels.astype(np.int32)
+
+
+def keras_cache_dir():
+    """Where `keras.datasets.fashion_mnist.load_data()` keeps the files ($KERAS_HOME or ~/.keras)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "datasets", "fashion-mnist")
+
+
+def idx_directories(data_dir=None):
+    """The directories searched for the Fashion-MNIST IDX files, in order."""
+    return [data_dir] if data_dir else [DEBIAN_FASHION_MNIST, keras_cache_dir()]
+
+
+def _has_idx_files(directory):
+    return all(_idx_path(directory, stem) for split in IDX_FILES.values() for stem in split)
+
+
+def _fashion_mnist_arrays(data_dir, download):
+    """((x, y), (x_test, y_test)), source: IDX files (see the module doc), else TFDS's fashion_mnist."""
+    name = "fashion_mnist"
+    searched = idx_directories(data_dir)
+    for directory in searched:
+        if _has_idx_files(directory):
+            return (_idx_split(directory, "train", 10), _idx_split(directory, "test", 10)), directory
+    try:
+        builder = _tfds_builder(name, data_dir, download)
+    except _NotPrepared as reason:
+        files = ", ".join(f"{stem}[.gz]" for split in IDX_FILES.values() for stem in split)
+        tfds_where = data_dir or "the default TFDS data dir"
+        raise DatasetUnavailableError(
+            f"Fashion-MNIST was not found: no IDX files ({files}) in {' or '.join(searched)}, and TFDS's "
+            f"{name!r} in {tfds_where}: {reason}. Fix: `{FASHION_MNIST_INSTALL}` (Debian / Ubuntu: puts the "
+            f"files in {DEBIAN_FASHION_MNIST}), or put the four files in a directory and pass --data-dir DIR."
+        ) from reason
+    return (_tfds_split(builder, "train"), _tfds_split(builder, "test")), f"TFDS {builder.data_dir}"
 
 
 def synthetic_arrays(num_train=1024, num_test=256, num_classes=10, seed=0):
@@ -112,39 +348,91 @@ def synthetic_arrays(num_train=1024, num_test=256, num_classes=10, seed=0):
     return draw(num_train), draw(num_test)
 
 
-def load(name, data_dir=None, val_fraction=0.1, download=True, synthetic_size=(1024, 256), seed=0):
-    """Loads a dataset as `CifarData` (the last `val_fraction` of the train split is the validation set).
+# --------------------------------------------------------------------------- splits
+def validation_indices(n, num_val, seed):
+    """The papers' validation set: `np.random.seed(seed); np.random.permutation(n)[:num_val]`."""
+    return np.random.RandomState(seed).permutation(n)[:num_val]
+
+
+def split_train_val(n, val_fraction=0.1, seed=0, val_size=None, train_size=None):
+    """(train indices, validation indices) of a train split of n examples.
+
+    The validation set is `validation_indices(n, num_val, seed)` with num_val = `val_size`, or
+    floor(val_fraction n) (the papers' `int(0.1 * 50000)`); the training set is the other examples in
+    their order, or the first `train_size` of them.
+    """
+    if val_size is None:
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1); got val_fraction={val_fraction!r}.")
+        num_val = int(val_fraction * n)
+    else:
+        if not isinstance(val_size, (int, np.integer)) or not 0 <= val_size < n:
+            raise ValueError(f"val_size must be an int in [0, {n}) (the train split has {n} examples); "
+                             f"got val_size={val_size!r}.")
+        num_val = int(val_size)
+    val = validation_indices(n, num_val, seed)
+    keep = np.ones(n, dtype=bool)
+    keep[val] = False
+    train = np.flatnonzero(keep)
+    if train_size is not None:
+        if not isinstance(train_size, (int, np.integer)) or not 1 <= train_size <= len(train):
+            raise ValueError(
+                f"train_size must be an int in [1, {len(train)}] (the examples left after the {num_val} validation "
+                f"examples); got train_size={train_size!r}. Lower --train-size or --val-size / --val-fraction."
+            )
+        train = train[: int(train_size)]
+    return train, val
+
+
+def load(name, data_dir=None, val_fraction=0.1, download=True, synthetic_size=(1024, 256), seed=0, val_size=None,
+         train_size=None):
+    """Loads a dataset as `ImageData`: train / validation / test (see `split_train_val`).
 
     Args:
-        name: "cifar10", "cifar100" or "synthetic".
-        data_dir: TFDS data directory (None: TFDS's default).
-        val_fraction: fraction of the train split held out (0.1: 45k / 5k for CIFAR; 0: none).
-        download: try to download and prepare the TFDS data when it is missing.
+        name: "cifar10", "cifar100", "fashion_mnist" or "synthetic".
+        data_dir: CIFAR: the TFDS data directory (None: TFDS's default). Fashion-MNIST: the directory of
+            its IDX files (or a TFDS data directory); None: the default places (module doc).
+        val_fraction: fraction of the train split held out for validation (0.1: 45k / 5k for CIFAR).
+        download: download and prepare missing TFDS data (CIFAR, or Fashion-MNIST when no IDX files exist).
         synthetic_size: (train + validation, test) examples of the synthetic dataset.
-        seed: seed of the synthetic data.
+        seed: seed of the validation split (the papers': the run's seed) and of the synthetic data.
+        val_size: number of validation examples (overrides val_fraction).
+        train_size: keep only the first `train_size` training examples (None: all).
     """
     _check_name(name)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1); got val_fraction={val_fraction!r}.")
+    source = ""
     if name == "synthetic":
         (x, y), (x_test, y_test) = synthetic_arrays(*synthetic_size, num_classes=NUM_CLASSES[name], seed=seed)
+        source = "random templates"
+    elif name == "fashion_mnist":
+        ((x, y), (x_test, y_test)), source = _fashion_mnist_arrays(data_dir, download)
     else:
-        x, y = _tfds_arrays(name, "train", data_dir, download)
-        x_test, y_test = _tfds_arrays(name, "test", data_dir, download)
-    num_val = int(round(val_fraction * len(y)))
-    cut = len(y) - num_val
-    return CifarData(name, NUM_CLASSES[name], x[:cut], y[:cut], x[cut:], y[cut:], x_test, y_test)
+        (x, y), (x_test, y_test) = _tfds_arrays(name, data_dir, download)
+        source = "TFDS"
+    train, val = split_train_val(len(y), val_fraction, seed, val_size, train_size)
+    return ImageData(name, NUM_CLASSES[name], x[train], y[train], x[val], y[val], x_test, y_test, source=source)
 
 
 # --------------------------------------------------------------------------- label noise
+def asymmetric_map(dataset, num_classes):
+    """The asymmetric-noise class map of `dataset` as an array: label y becomes map[y] when drawn."""
+    mapping = np.arange(num_classes)
+    if dataset in ASYMMETRIC_MAPS:
+        for source, target in ASYMMETRIC_MAPS[dataset].items():
+            mapping[source] = target
+        return mapping
+    return (mapping + 1) % num_classes
+
+
 def add_label_noise(labels, fraction, num_classes, noise_type="symmetric", seed=0, dataset="cifar10"):
     """Flips labels as in the papers' code; returns (noisy labels, bool mask of changed labels).
 
-    Exactly floor(fraction * n) examples are drawn without replacement (seeded). Symmetric noise gives
-    each a label drawn uniformly from the OTHER classes, so exactly that many labels change.
-    Asymmetric noise maps the drawn labels: CIFAR-10 9->1, 2->0, 3->5, 5->3, 4->7 (drawn examples of
-    the other classes keep their label, so fewer labels change); CIFAR-100 (and synthetic)
-    y -> (y + 1) mod num_classes. The mask marks the labels that actually changed.
+    Exactly floor(fraction * n) examples are drawn without replacement (`np.random.default_rng(seed)`).
+    Symmetric noise gives each a label drawn uniformly from the OTHER classes, so exactly that many labels
+    change. Asymmetric noise maps the drawn labels with `asymmetric_map(dataset)`: CIFAR-10 9->1, 2->0,
+    3->5, 5->3, 4->7; Fashion-MNIST 0->6, 2->4, 4->2, 7->5, 9->7 (drawn examples of the other classes keep
+    their label, so fewer labels change); CIFAR-100 (and synthetic) y -> (y + 1) mod num_classes. The
+    mask marks the labels that actually changed.
     """
     if noise_type not in NOISE_TYPES:
         raise ValueError(f"noise_type must be one of {NOISE_TYPES}; got noise_type={noise_type!r}.")
@@ -159,13 +447,8 @@ def add_label_noise(labels, fraction, num_classes, noise_type="symmetric", seed=
         # a uniform draw from the num_classes - 1 other classes: shift by 1..num_classes-1
         shift = rng.integers(1, num_classes, size=count)
         noisy[chosen] = (labels[chosen] + shift) % num_classes
-    elif dataset == "cifar10":
-        mapping = np.arange(num_classes)
-        for source, target in CIFAR10_ASYMMETRIC.items():
-            mapping[source] = target
-        noisy[chosen] = mapping[labels[chosen]]
     else:
-        noisy[chosen] = (labels[chosen] + 1) % num_classes
+        noisy[chosen] = asymmetric_map(dataset, num_classes)[labels[chosen]]
     return noisy, noisy != labels
 
 
@@ -175,16 +458,18 @@ def to_unit_range(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
-def augment(image, padding=4):
-    """Random crop of the zero-padded image back to its size, then a random horizontal flip."""
+def augment(image, padding=4, flip=True):
+    """Random crop of the image zero-padded by `padding` pixels back to its size, then (if `flip`) a random
+    horizontal flip. `AUGMENTATION[dataset]` holds each dataset's setting."""
     shape = tf.shape(image)
-    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
-    cropped = tf.image.random_crop(padded, shape)
-    return tf.image.random_flip_left_right(cropped)
+    if padding:
+        image = tf.image.random_crop(tf.pad(image, [[padding, padding], [padding, padding], [0, 0]]), shape)
+    return tf.image.random_flip_left_right(image) if flip else image
 
 
-def train_dataset(x, y, batch_size, augmentation=True, shuffle=True, seed=0, repeat=True):
-    """Shuffled, augmented training batches with a static batch size (incomplete batches dropped)."""
+def train_dataset(x, y, batch_size, augmentation=True, shuffle=True, seed=0, repeat=True, padding=4, flip=True):
+    """Shuffled, augmented (`augment(padding, flip)`) training batches with a static batch size
+    (incomplete batches dropped)."""
     if len(x) < batch_size:
         raise ValueError(
             f"batch_size={batch_size} is larger than the {len(x)} training examples; use a smaller --batch-size."
@@ -197,7 +482,7 @@ def train_dataset(x, y, batch_size, augmentation=True, shuffle=True, seed=0, rep
 
     def prepare(image, label):
         image = to_unit_range(image)
-        return (augment(image) if augmentation else image), label
+        return (augment(image, padding, flip) if augmentation else image), label
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -222,3 +222,94 @@ def test_model_names_and_norms_in_the_config():
     with pytest.raises(ValueError, match=r"--sharpness-m values must be in \[1, 256\]"):
         resnet.ResNetConfig(sharpness_m=(0, 4))
     assert resnet.ResNetConfig(sharpness_m=8).sharpness_m == (8,)  # one m
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST, evaluation during training
+def _fashion_config(tmp_path, **overrides):
+    from idx_files import write_fashion_mnist
+
+    data_dir = tmp_path / "fashion"
+    if not data_dir.exists():
+        write_fashion_mnist(str(data_dir), n_train=260, n_test=80, seed=3)
+    values = dict(dataset="fashion_mnist", data_dir=str(data_dir), model="tiny", train_size=128, val_size=64,
+                  epochs=4, batch_size=32, m=16, rho=0.05, lr=0.05, label_noise=0.25, eval_every=2, verbose=0,
+                  shards_per_pass=1)
+    values.update(overrides)
+    return resnet.ResNetConfig(out=str(tmp_path / "run"), **values)
+
+
+@pytest.mark.slow
+def test_fashion_mnist_run_evaluates_every_k_epochs_and_keeps_the_best_by_validation(tmp_path):
+    config = _fashion_config(tmp_path)
+    results = resnet.train(config)
+    assert results["num_params"] > 0 and results["steps_per_epoch"] == 4  # 128 images of 28x28x1, batch 32
+    rows = results["evaluations"]
+    assert [row["epoch"] for row in rows] == [0, 2, 4]  # before training, every 2 epochs
+    history = results["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    # history.csv holds the evaluations of epochs 2 and 4 (NaN in between)
+    assert np.isnan(history[0]["test_error"]) and np.isnan(history[2]["val_error"])
+    assert history[1]["test_error"] == rows[1]["test_error"] and history[3]["val_error"] == rows[2]["val_error"]
+    assert all(row["epoch_seconds"] > 0 for row in history)
+    # the noisy validation labels are what the best is chosen on: strictly lower wins, the earliest on ties
+    best = rows[0]
+    for row in rows[1:]:
+        if row["val_error"] < best["val_error"]:
+            best = row
+    assert results["val_selection"]["epoch"] == best["epoch"]
+    assert results["val_selection"]["test_error"] == best["test_error"]
+    assert results["test_selection"]["test_error"] == min(row["test_error"] for row in rows)
+    assert results["test_error"] == rows[-1]["test_error"]  # the final model = the last evaluation
+    # the checkpoint holds the best model: evaluated again, it gives the same numbers
+    from keras_msam.models import get_model
+    from recipes.tasks import images
+
+    data = images.load("fashion_mnist", config.data_dir, seed=config.seed, val_size=64, train_size=128)
+    data = data.with_label_noise(0.25, "symmetric", config.noise_seed)
+    assert data.val_noisy.sum() == 16  # the validation labels are noisy too (the papers' default)
+    net = get_model("tiny", 10, input_shape=(28, 28, 1))
+    net.load_weights(os.path.join(config.out, "best.weights.h5"))
+    again = resnet.evaluate(net, data, 500)
+    assert again["val_error"] == pytest.approx(best["val_error"]) and again["test_error"] == pytest.approx(best["test_error"])
+
+
+@pytest.mark.slow
+def test_evaluation_lost_with_a_kill_is_redone_on_resume(tmp_path, monkeypatch):
+    config = _fashion_config(tmp_path, m=None, norm="group")  # one shard, no BatchNorm: cheap and exact
+    original = resnet.PeriodicEvaluation.commit
+    state = {"kill": True}
+
+    def commit(self):
+        if state["kill"] and self.rows and self.rows[-1]["epoch"] == 2:
+            raise RuntimeError("simulated kill between backup and commit")
+        original(self)
+
+    monkeypatch.setattr(resnet.PeriodicEvaluation, "commit", commit)
+    with pytest.raises(RuntimeError, match="between backup and commit"):
+        resnet.train(config)
+    lost = runner_history(config)[1]  # epoch 2's row reached history.csv (and its backup), not evaluation.json
+    state["kill"] = False
+    recorder = _EpochRecorder()
+    results = resnet.train(config, [recorder])
+    assert recorder.epochs == [2, 3]  # resumed after epoch 2
+    rows = results["evaluations"]
+    assert [row["epoch"] for row in rows] == [0, 2, 4]
+    # epoch 2 evaluated again on the restored weights: the numbers of the killed run
+    assert rows[1]["test_error"] == pytest.approx(lost["test_error"]) and rows[1]["val_loss"] == pytest.approx(lost["val_loss"])
+
+
+def runner_history(config):
+    from recipes import runner
+
+    return runner.read_history(os.path.join(config.out, "history.csv"))
+
+
+def test_train_size_and_eval_settings_are_checked():
+    with pytest.raises(ValueError, match="--train-size must be >= 1"):
+        resnet.ResNetConfig(train_size=0)
+    with pytest.raises(ValueError, match="--eval-every must be >= 0"):
+        resnet.ResNetConfig(eval_every=-1)
+    config = parse_config("--dataset fashion_mnist --train-size 2000 --val-size 1000 --no-val-label-noise "
+                          "--eval-every 10".split())
+    assert (config.train_size, config.val_size, config.val_label_noise, config.eval_every) == (2000, 1000, False, 10)
+    assert parse_config([]).eval_every == 5 and parse_config([]).val_label_noise is True
