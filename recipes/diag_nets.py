@@ -15,7 +15,7 @@ rho convention (the papers' code, so their rho grids mean the same here):
 Every method is one `SAMModel` (ERM and SGD with SAM switched off) in one `runner.StepLoop`, compiled
 once per method and reused across rhos and restarts (`Trainer`). The papers' notebook
 (tml-epfl/understanding-sam, diagonal_linear_nets/diag_nets_sam.ipynb) sets the defaults; where ours
-differ, docs/fidelity-understanding-sam-toy.md says why.
+differ, docs/fidelity.md says why.
 
 Experiments: `EXPERIMENTS` at the end (`msam diag_nets --help`); each has a config class holding its
 defaults (`RunConfig`, `RhoGridConfig`, `SwitchConfig`, `InterpolationConfig`, `ImplicitBiasConfig`).
@@ -203,8 +203,8 @@ class Trainer:
     The SAMModel steps inside one `runner.StepLoop` (XLA, except for SGD: XLA compiles its batch-1
     gather loop very slowly on CPU), reused across rhos and restarts (rho is a variable of SAMModel);
     SAM on and off are one trace each. 1-SAM's 20 shards run as one vectorized pass. `dtype` is that of
-    the weights, the data, the loss and the learning rate (SAMModel keeps rho, and 1-SAM's shard weight
-    m / b = 1/20, in float32: a relative rounding of ~1e-8, see docs/fidelity-understanding-sam-toy.md).
+    the weights, the data, the loss and the learning rate (SAMModel holds rho and the shard weights m / b in
+    float64, so a float64 run takes the papers' float64 steps; docs/fidelity.md).
     """
 
     def __init__(self, method, lr, data, alpha=0.1, normalize=False, jit_compile=None, dtype="float64"):

@@ -8,7 +8,7 @@ features get sparser and the Jacobian rank lower; after the decay the loss drops
 large-step phase, the sparser the solution and the better it generalises.
 
 Experiments (`msam large_step_sgd EXPERIMENT [--variant NAME] [--field value ...]`); the defaults are
-the papers' settings (the notebooks of tml-epfl/sgd-sparse-features; docs/fidelity-sgd-sparse.md):
+the papers' settings (the notebooks of tml-epfl/sgd-sparse-features; docs/fidelity.md):
 
 - diag_nets (`DiagNetsConfig`, `diag_nets.ipynb` c1): a diagonal linear net <x, u * v> on sparse
   regression, n = 80, d = 200, r = 20, float64, 10^5 SGD steps: constant 0.25 vs 0.282 decayed once

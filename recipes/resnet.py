@@ -16,7 +16,6 @@ every --eval-every epochs), `final.weights.h5` (the network's weights, e.g. for
 """
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -34,8 +33,8 @@ from keras_msam.tuning import per_replica_batch
 from recipes import config as config_lib
 from recipes import outputs, runner
 from recipes.config import Experiment, checking_settings, setting
-from recipes.resnet_analysis import (INTERPOLATE, SHARPNESS, SharpnessSettings, measure_sharpness, print_analyses,
-                                     swa_callbacks)
+from recipes.evaluation import PeriodicEvaluation, swa_callbacks
+from recipes.resnet_analysis import INTERPOLATE, SHARPNESS, SharpnessSettings, measure_sharpness, print_analyses
 from recipes.tasks import images
 
 SCHEDULES = ("piecewise", "cosine", "cyclic", "constant", "largestep")
@@ -291,109 +290,6 @@ def evaluate(model, data, batch_size):
     return results
 
 
-class PeriodicEvaluation(keras.callbacks.Callback):
-    """`evaluate_fn(model)` before training and every `every` epochs (and after the last), as the papers'
-    evaluation every 5 epochs; keeps the best-by-validation weights.
-
-    - Each evaluation's numbers go into the epoch's logs (so into history.csv and TensorBoard; NaN on the
-      epochs in between, so that every row has the same columns), together with `epoch_seconds`, the
-      training time of the epoch without the evaluation. The evaluation before training is epoch 0 of
-      `rows`.
-    - Best-by-validation (the papers' early stopping): an evaluation whose `val_error` is strictly lower than
-      the best so far (epoch 0 included) becomes the best; its weights (the inner network's, like
-      final.weights.h5) go to `OUT/best.weights.h5`.
-    - Resume: the rows and the best are kept in `OUT/evaluation.json`, written by `committer` (a callback
-      to place after BackupAndRestore), so that they never run ahead of the backup; a resumed run reads
-      them back, and evaluates the restored weights at once if the evaluation of its last backed-up epoch
-      was lost.
-    """
-
-    STATE = "evaluation.json"
-    BEST = "best.weights.h5"
-    PENDING = "best_pending.weights.h5"
-
-    def __init__(self, evaluate_fn, keys, every, epochs, out, network):
-        super().__init__()
-        self.evaluate_fn, self.keys, self.every, self.epochs = evaluate_fn, list(keys), int(every), int(epochs)
-        self.out, self.network = out, network
-        self.rows, self.best, self._pending, self._started, self._epoch_start = [], None, None, None, None
-        self._dirty = False
-        self.committer = _Commit(self)
-
-    def due(self, epochs_done):
-        """Whether the model after `epochs_done` epochs is evaluated."""
-        if epochs_done == self.epochs:
-            return True
-        return self.every > 0 and epochs_done % self.every == 0
-
-    def _evaluate(self, epochs_done):
-        row = {"epoch": epochs_done, **self.evaluate_fn(self.model)}
-        self.rows = [r for r in self.rows if r["epoch"] != epochs_done] + [row]
-        self._dirty = True
-        value = row.get("val_error")
-        if value is not None and math.isfinite(value) and (self.best is None or value < self.best["val_error"]):
-            self.network.save_weights(os.path.join(self.out, self.PENDING))
-            self._pending = row
-        return row
-
-    def commit(self):
-        """Makes the pending best and the rows durable (after the epoch was backed up)."""
-        if self._pending is not None:
-            os.replace(os.path.join(self.out, self.PENDING), os.path.join(self.out, self.BEST))
-            self.best, self._pending = self._pending, None
-        if self._dirty:
-            outputs.write_json(os.path.join(self.out, self.STATE), {"rows": self.rows, "best": self.best})
-            self._dirty = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._started is None:  # the first epoch of this process: a fresh run (0) or a resumed one
-            self._started = epoch
-            pending = os.path.join(self.out, self.PENDING)
-            if os.path.exists(pending):
-                os.remove(pending)
-            state = os.path.join(self.out, self.STATE)
-            if epoch > 0 and os.path.exists(state):
-                with open(state) as handle:
-                    saved = json.load(handle)
-                self.rows = [r for r in saved["rows"] if r["epoch"] <= epoch]
-                best = saved.get("best")
-                self.best = best if best is not None and best["epoch"] <= epoch else None
-            if (epoch == 0 and self.every > 0) or (epoch > 0 and self.due(epoch)
-                                                   and all(r["epoch"] != epoch for r in self.rows)):
-                self._evaluate(epoch)
-                self.commit()
-        self._epoch_start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs["epoch_seconds"] = time.perf_counter() - self._epoch_start
-        row = self._evaluate(epoch + 1) if self.due(epoch + 1) else {}
-        for key in self.keys:
-            value = row.get(key)
-            logs[key] = float("nan") if value is None else value
-
-    def selection(self):
-        """{"val_selection": the best-by-validation evaluation, "test_selection": the lowest test error
-        (the papers log both; only the first is a fair choice)}."""
-        results = {}
-        if self.best is not None:
-            results["val_selection"] = dict(self.best)
-        finite = [r for r in self.rows if r.get("test_error") is not None and math.isfinite(r["test_error"])]
-        if finite:
-            results["test_selection"] = dict(min(finite, key=lambda r: r["test_error"]))
-        return results
-
-
-class _Commit(keras.callbacks.Callback):
-    def __init__(self, evaluation):
-        super().__init__()
-        self.evaluation = evaluation
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.evaluation.commit()
-
-
 # --------------------------------------------------------------------------- the run
 def train(config, callbacks=()):
     """Trains as configured and returns the results dict (also written to `out/results.json`).
@@ -475,7 +371,7 @@ def train(config, callbacks=()):
         "num_params": int(sum(np.prod(v.shape) for v in net.trainable_variables)),
         "jit_compile": jit,
     }
-    final = evaluation.rows[-1] if evaluation.rows and evaluation.rows[-1]["epoch"] == config.epochs else None
+    final = evaluation.last()
     results.update({k: v for k, v in final.items() if k != "epoch"} if final else evaluate(model, data,
                                                                                            config.eval_batch_size))
     results["noisy_fraction"] = float(data.noisy.mean())

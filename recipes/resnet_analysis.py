@@ -3,8 +3,6 @@
 - `SharpnessSettings`: the m-sharpness settings (the papers' `eval_sharpness.py` defaults), shared by the
   training run (`--sharpness-m 1 4 16 ...` measures the final network) and the `sharpness` experiment;
   `measure_sharpness` runs the sweep (`keras_msam.sharpness`) on the first training points, clean labels.
-- `SWAEvaluation`: the papers' "SWA" (`keras_msam.swa.WeightEMA`, tau 0.999 per step) evaluated during
-  training, BatchNorm recomputed on one augmented pass; its last and best-by-validation checkpoints.
 - `msam resnet interpolate --weights-a A --weights-b B`: train / test loss and error along
   (1 - a) w_A + a w_B (the papers' `eval_loss_surface.py`: 61 a from -1 to 2, BatchNorm recomputed on
   5000 augmented training examples, evaluated on 1024 train / 1024 test points) -> JSON, CSV, PNG.
@@ -18,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import warnings
 from typing import Optional
 
 import keras
@@ -28,7 +25,6 @@ import tensorflow as tf
 from keras_msam import interpolation as interpolation_lib
 from keras_msam import sharpness as sharpness_lib
 from keras_msam.models import get_model
-from keras_msam.swa import WeightEMA
 from recipes import config as config_lib
 from recipes import outputs
 from recipes.config import Experiment, checking_settings, setting
@@ -107,111 +103,6 @@ def measure_sharpness(net, data, settings, out=None, seed=0):
         outputs.write_csv(os.path.join(out, "m_sharpness.csv"), SHARPNESS_COLUMNS,
                           [[r[k] for k in SHARPNESS_COLUMNS] for r in results.values()])
     return results
-
-
-# --------------------------------------------------------------------------- SWA
-class SWAEvaluation(keras.callbacks.Callback):
-    """The papers' SWA model during training (deep_nets/train.py:176, 373, 378, 410-422, 470-471).
-
-    `ema` (a `WeightEMA`, among the fit callbacks) averages the weights after every step. Every `every`
-    epochs and after the last, the averaged weights go into `swa_net` (a clone of the network), its
-    BatchNorm statistics are recomputed on one pass of `bn_batches` (the augmented training batches, as
-    the papers' `bn_update(train_batches, model_swa)`), and `evaluate_fn(swa_net)` is logged as
-    `swa_<key>` for `KEYS` (NaN on the other epochs, so every history row has the same columns).
-
-    The evaluation with the lowest `swa_val_error` (strictly lower, the earliest wins, as the papers')
-    is the best; its weights go to `OUT/swa_best.weights.h5`, the last ones to `OUT/swa_last.weights.h5`.
-    Resume: the average and the evaluations are saved after every epoch by `committer` (place it after
-    `BackupAndRestore`) and read back by a resumed run.
-    """
-
-    KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_error", "train_loss")
-    EMA_FILE, STATE = "swa_ema.npz", "swa.json"
-    BEST, PENDING, LAST = "swa_best.weights.h5", "swa_best_pending.weights.h5", "swa_last.weights.h5"
-
-    def __init__(self, ema, swa_net, bn_batches, evaluate_fn, every, epochs, out):
-        super().__init__()
-        self.ema, self.swa_net, self.bn_batches, self.evaluate_fn = ema, swa_net, bn_batches, evaluate_fn
-        self.every, self.epochs, self.out = int(every), int(epochs), out
-        self.rows, self.best, self._pending, self._started = [], None, None, None
-        self.committer = _Commit(self)
-
-    def _path(self, name):
-        return os.path.join(self.out, name)
-
-    def due(self, epochs_done):
-        return epochs_done == self.epochs or epochs_done % self.every == 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._started is not None:
-            return
-        self._started = epoch
-        if epoch == 0:
-            return
-        state = self._path(self.STATE)
-        if os.path.exists(state) and os.path.exists(self._path(self.EMA_FILE)):
-            with open(state) as handle:
-                saved = json.load(handle)
-            if saved["epoch"] == epoch:
-                self.ema.load(self._path(self.EMA_FILE), self.model)
-                self.rows, self.best = saved["rows"], saved["best"]
-                return
-        warnings.warn(f"SWAEvaluation: no SWA state of epoch {epoch} in {self.out}: the average restarts at the "
-                      "restored weights.", stacklevel=2)
-
-    def on_epoch_end(self, epoch, logs=None):
-        row = self._evaluate(epoch + 1) if self.due(epoch + 1) else {}
-        if logs is not None:
-            for key in self.KEYS:
-                value = row.get(key)
-                logs[f"swa_{key}"] = float("nan") if value is None else value
-
-    def _evaluate(self, epochs_done):
-        self.ema.assign_to(self.swa_net, bn_data=self.bn_batches)
-        numbers = self.evaluate_fn(self.swa_net)
-        row = {"epoch": epochs_done, **{k: numbers[k] for k in self.KEYS if numbers.get(k) is not None}}
-        self.rows = [r for r in self.rows if r["epoch"] != epochs_done] + [row]
-        value = row.get("val_error")
-        if value is not None and math.isfinite(value) and (self.best is None or value < self.best["val_error"]):
-            self.swa_net.save_weights(self._path(self.PENDING))
-            self._pending = row
-        return row
-
-    def commit(self, epochs_done):
-        """Saves the average, the evaluations and the pending best (after the epoch was backed up)."""
-        if self._pending is not None:
-            os.replace(self._path(self.PENDING), self._path(self.BEST))
-            self.best, self._pending = self._pending, None
-        self.ema.save(self._path(self.EMA_FILE))
-        outputs.write_json(self._path(self.STATE), {"epoch": epochs_done, "rows": self.rows, "best": self.best})
-
-    def on_train_end(self, logs=None):
-        if self.rows and self.rows[-1]["epoch"] == self.epochs:
-            self.swa_net.save_weights(self._path(self.LAST))
-        if os.path.exists(self._path(self.EMA_FILE)):  # the run is complete: nothing to resume
-            os.remove(self._path(self.EMA_FILE))
-
-    def results(self):
-        """{"swa_last": the evaluation after the last epoch, "swa_best": the best by validation}."""
-        last = self.rows[-1] if self.rows and self.rows[-1]["epoch"] == self.epochs else None
-        return {"swa_last": last, "swa_best": self.best}
-
-
-class _Commit(keras.callbacks.Callback):
-    def __init__(self, evaluation):
-        super().__init__()
-        self.evaluation = evaluation
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.evaluation.commit(epoch + 1)
-
-
-def swa_callbacks(net, bn_batches, evaluate_fn, tau, every, epochs, out):
-    """(SWAEvaluation, callbacks before the CSV logger, callbacks after the backup) for `fit`."""
-    ema = WeightEMA(tau)
-    swa_net = keras.models.clone_model(net)
-    evaluation = SWAEvaluation(ema, swa_net, bn_batches, evaluate_fn, every, epochs, out)
-    return evaluation, [ema, evaluation], [evaluation.committer]
 
 
 def print_analyses(results):

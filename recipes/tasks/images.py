@@ -458,18 +458,21 @@ def to_unit_range(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
-def augment(image, padding=4, flip=True):
+def augment(image, seed, padding=4, flip=True):
     """Random crop of the image zero-padded by `padding` pixels back to its size, then (if `flip`) a random
-    horizontal flip. `AUGMENTATION[dataset]` holds each dataset's setting."""
+    horizontal flip; stateless, drawn from `seed` (a shape [2] integer tensor), so that the same seed gives
+    the same image whatever the threads do. `AUGMENTATION[dataset]` holds each dataset's setting."""
     shape = tf.shape(image)
     if padding:
-        image = tf.image.random_crop(tf.pad(image, [[padding, padding], [padding, padding], [0, 0]]), shape)
-    return tf.image.random_flip_left_right(image) if flip else image
+        padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+        image = tf.image.stateless_random_crop(padded, shape, seed=seed)
+    return tf.image.stateless_random_flip_left_right(image, seed=seed[::-1]) if flip else image
 
 
 def train_dataset(x, y, batch_size, augmentation=True, shuffle=True, seed=0, repeat=True, padding=4, flip=True):
     """Shuffled, augmented (`augment(padding, flip)`) training batches with a static batch size
-    (incomplete batches dropped)."""
+    (incomplete batches dropped). Each example's augmentation seed is drawn in order from
+    `tf.data.Dataset.random(seed)`, so the batches depend on `seed` only (not on thread timing)."""
     if len(x) < batch_size:
         raise ValueError(
             f"batch_size={batch_size} is larger than the {len(x)} training examples; use a smaller --batch-size."
@@ -480,11 +483,12 @@ def train_dataset(x, y, batch_size, augmentation=True, shuffle=True, seed=0, rep
     if repeat:
         ds = ds.repeat()
 
-    def prepare(image, label):
+    def prepare(example, draw):
+        image, label = example
         image = to_unit_range(image)
-        return (augment(image, padding, flip) if augmentation else image), label
+        return (augment(image, tf.stack([draw, seed]), padding, flip) if augmentation else image), label
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed)).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -12,6 +12,7 @@ from keras_msam import SAMModel
 from keras_msam.sam_model import SAM_LOGS
 from recipes import cli, resnet
 from recipes.config import parse_command_line
+from recipes.evaluation import PeriodicEvaluation
 
 NUM_EXAMPLES = 40  # mocked CIFAR: 36 train / 4 validation / 40 test; batch 16 -> 2 steps an epoch
 
@@ -276,15 +277,15 @@ def test_fashion_mnist_run_evaluates_every_k_epochs_and_keeps_the_best_by_valida
 @pytest.mark.slow
 def test_evaluation_lost_with_a_kill_is_redone_on_resume(tmp_path, monkeypatch):
     config = _fashion_config(tmp_path, m=None, norm="group")  # one shard, no BatchNorm: cheap and exact
-    original = resnet.PeriodicEvaluation.commit
+    original = PeriodicEvaluation.commit
     state = {"kill": True}
 
-    def commit(self):
+    def commit(self, epochs_done):
         if state["kill"] and self.rows and self.rows[-1]["epoch"] == 2:
             raise RuntimeError("simulated kill between backup and commit")
-        original(self)
+        original(self, epochs_done)
 
-    monkeypatch.setattr(resnet.PeriodicEvaluation, "commit", commit)
+    monkeypatch.setattr(PeriodicEvaluation, "commit", commit)
     with pytest.raises(RuntimeError, match="between backup and commit"):
         resnet.train(config)
     lost = runner_history(config)[1]  # epoch 2's row reached history.csv (and its backup), not evaluation.json
