@@ -224,7 +224,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(BATCH, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, size=(BATCH,))
-    print(f"batch {BATCH}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}; medians of "
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+    print(f"batch {BATCH}, {os.cpu_count()} CPUs ({threads} intra-op threads), TF {tf.__version__}, Keras {keras.__version__}; medians of "
           f"{args.steps} round-robin rounds; ratios to the ERM step of the same framework, run and jit setting")
     rows = []
     for name in args.models:
@@ -234,8 +235,9 @@ def main(argv=None):
             print_rows(group)
             rows += group
             keras.backend.clear_session()
+            if args.out:  # after every group: an interrupted run keeps what it measured
+                write_tables(rows, args.out)
     if args.out:
-        write_tables(rows, args.out)
         print(f"\nwrote {args.out}/step_time.csv and step_time.md")
 
 

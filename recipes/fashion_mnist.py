@@ -78,7 +78,7 @@ class FashionConfig:
     lr: float = setting(0.05, "peak learning rate of the piecewise schedule (/10 at 50 %, /100 at 75 %)")
     wd: float = setting(5e-4, "lambda of 0.5 lambda ||w||^2")
     # methods
-    rho: float = setting(0.05, "rho of every SAM run (chosen by `tune` on the validation split)")
+    rho: float = setting(0.1, "rho of every SAM run (chosen by `tune --epochs 30` on the validation split)")
     erm: bool = setting(True, "include ERM (--no-erm: do not)")
     ms: tuple[int, ...] = setting((128, 32, 8), "m of the SAM runs (m = --batch-size is SAM on the whole batch)")
     seeds: tuple[int, ...] = setting((0, 1), "seeds (each draws the weights, the validation split and the noise)")

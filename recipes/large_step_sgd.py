@@ -142,7 +142,18 @@ class DiagNetsConfig(SmallTaskConfig):
 
 
 @dataclasses.dataclass
-class Relu1DConfig(SmallTaskConfig):
+class ReluNetConfig(SmallTaskConfig):
+    """The ReLU nets' notebooks: a permutation of the examples per step, mean (f - y)^2, float32, 151
+    measurement points."""
+
+    sampling: str = setting("choice", "which examples each step takes (see diag_nets)", choices=SAMPLINGS)
+    eval_points: int = setting(151, "and at round(linspace(0, steps, points))[:-1], and after the last step")
+    loss: str = setting("mse", "per-example loss: mse = (f - y)^2, half_mse = (f - y)^2 / 2", choices=("mse", "half_mse"))
+    dtype: str = setting("float32", "dtype of the model, the data and the step sizes", choices=("float32", "float64"))
+
+
+@dataclasses.dataclass
+class Relu1DConfig(ReluNetConfig):
     lr: tuple[float, ...] = setting((2e-4,), "step size of each run (gamma)")
     decay_at: tuple[float, ...] = setting((0.02, 0.5), "fraction p of the steps at which each run's step is "
                                                        "decayed (0: a constant step)")
@@ -151,10 +162,6 @@ class Relu1DConfig(SmallTaskConfig):
                                                             "until p (the notebook: 400 p)")
     steps: int = setting(31_623, "steps per run (T of the schedules)")
     seed: int = setting(3, "the notebook's seed: the init (3: the notebook's torch draw) and the example order")
-    sampling: str = setting("choice", "which examples each step takes (see diag_nets)", choices=SAMPLINGS)
-    eval_points: int = setting(151, "and at round(linspace(0, steps, points))[:-1], and after the last step")
-    loss: str = setting("mse", "per-example loss: mse = (f - y)^2, half_mse = (f - y)^2 / 2", choices=("mse", "half_mse"))
-    dtype: str = setting("float32", "dtype of the model, the data and the step sizes", choices=("float32", "float64"))
     width: int = setting(100, "hidden units")
     hidden_scale: float = setting(2.5, "init: hidden weights +-hidden_scale")
     bias_scale: float = setting(2.5, "init: hidden biases N(0, bias_scale^2)")
@@ -165,15 +172,11 @@ class Relu1DConfig(SmallTaskConfig):
 
 
 @dataclasses.dataclass
-class TeacherStudentConfig(SmallTaskConfig):
+class TeacherStudentConfig(ReluNetConfig):
     lr: tuple[float, ...] = setting((0.13, 0.455, 0.455, 0.455), "step size of each run (gamma)")
     decay: tuple[float, ...] = setting((1.0, 2.0, 4.0, 5.0), "each run's step is divided by this at p")
     steps: int = setting(14_126, "steps per run (T of the schedules)")
     seed: int = setting(0, "the notebook's seed: the student (0: the notebook's torch draw) and the example order")
-    sampling: str = setting("choice", "which examples each step takes (see diag_nets)", choices=SAMPLINGS)
-    eval_points: int = setting(151, "and at round(linspace(0, steps, points))[:-1], and after the last step")
-    loss: str = setting("mse", "per-example loss: mse = (f - y)^2, half_mse = (f - y)^2 / 2", choices=("mse", "half_mse"))
-    dtype: str = setting("float32", "dtype of the model, the data and the step sizes", choices=("float32", "float64"))
     task: str = setting("papers", "papers: unit-circle inputs, +-1 teacher, student without biases; gaussian: our "
                                   "old task (Gaussian inputs, sum-of-ReLUs teacher, student with biases)",
                         choices=("papers", "gaussian"))
@@ -189,7 +192,7 @@ class TeacherStudentConfig(SmallTaskConfig):
 
 
 @dataclasses.dataclass
-class ThreeLayerConfig(SmallTaskConfig):
+class ThreeLayerConfig(ReluNetConfig):
     lr: tuple[float, ...] = setting((0.011, 0.04, 0.04, 0.04), "step size of each run (gamma)")
     decay: tuple[float, ...] = setting((1.0, 3.5, 2.5, 5.0), "each run's step is divided by this at p")
     warmup_factor: tuple[float, ...] = setting((6.0,), "warm-up of each run: gamma (1 + (factor - 1) (t/T)^e) "
@@ -197,10 +200,6 @@ class ThreeLayerConfig(SmallTaskConfig):
     warmup_exponent: float = setting(0.5, "e of the warm-up")
     steps: int = setting(10_001, "steps per run (T of the schedules)")
     seed: int = setting(5, "the notebook's seed: the student (5: the notebook's torch draw) and the example order")
-    sampling: str = setting("choice", "which examples each step takes (see diag_nets)", choices=SAMPLINGS)
-    eval_points: int = setting(151, "and at round(linspace(0, steps, points))[:-1], and after the last step")
-    loss: str = setting("mse", "per-example loss: mse = (f - y)^2, half_mse = (f - y)^2 / 2", choices=("mse", "half_mse"))
-    dtype: str = setting("float32", "dtype of the model, the data and the step sizes", choices=("float32", "float64"))
     n: int = setting(50, "training examples")
     d: int = setting(5, "input dimension")
     teacher_widths: tuple[int, int] = setting((2, 2), "hidden widths of the teacher")
