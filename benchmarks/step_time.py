@@ -9,7 +9,8 @@ the layout measured fastest on its first steps), tf_keras ERM and tf_keras'
 `SharpnessAwareMinimization(num_batch_splits=128/m)` (if `tf-keras` is installed: `pip install tf-keras`).
 
 Printed for every m: SAMModel step / Keras ERM step, tf_keras SAM step / tf_keras ERM step, tf_keras SAM
-step / SAMModel step (> 1: SAMModel faster), the first call of both (trace + compile + one step), the
+step / SAMModel step (> 1: SAMModel faster; in brackets the lowest and highest of the same ratio within
+one round, where the two steps ran back to back: the noise of the comparison), the first call of both (trace + compile + one step), the
 time SAMModel's layout tuning took after its first call and the layout it chose, and the memory a step
 adds. Step times are medians of `--steps` rounds in which every configuration of the model and jit
 setting takes one step in turn (round-robin: the machine's drift hits them alike). With --out, also a
@@ -116,13 +117,13 @@ def until_tuned(model, x, y, max_steps=12):
     return seconds, "" if layout is None else layout.describe(model.num_shards(BATCH))
 
 
-def round_robin_medians(models, x, y, rounds):
-    """Median step time of each model over `rounds` rounds of one step each, in turn."""
+def round_robin_times(models, x, y, rounds):
+    """Step times of each model over `rounds` rounds of one step each, in turn."""
     times = [[] for _ in models]
     for _ in range(rounds):
         for model, record in zip(models, times):
             record.append(timed_step(model, x, y))
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def step_peak_mb(model, x, y):
@@ -151,7 +152,8 @@ def measure(name, jit, ms, rounds, with_tf_keras, x, y):
         print(f"  built {framework} {'ERM' if m is None else f'm={m}'}: first call {first[framework, m]:.1f} s"
               + (f", tuning {tuning[framework, m]:.1f} s -> {layout[framework, m]}" if layout[framework, m] else ""),
               flush=True)
-    medians = dict(zip(configs, round_robin_medians([models[c] for c in configs], x, y, rounds)))
+    times = dict(zip(configs, round_robin_times([models[c] for c in configs], x, y, rounds)))
+    medians = {c: statistics.median(t) for c, t in times.items()}
     memory = {c: step_peak_mb(models[c], x, y) for c in configs}
     rows = []
     for m in ms:
@@ -161,18 +163,21 @@ def measure(name, jit, ms, rounds, with_tf_keras, x, y):
                "memory_mb": memory["keras", m], "erm_memory_mb": memory["keras", None]}
         if with_tf_keras:
             theirs = medians["tf_keras", m]
+            # the noise of the comparison: the same ratio within each round (both timed back to back)
+            per_round = [a / b for a, b in zip(times["tf_keras", m], times["keras", m])]
             row.update(tf_keras_vs_erm=theirs / medians["tf_keras", None], tf_keras_vs_sam=theirs / ours,
+                       tf_keras_vs_sam_min=min(per_round), tf_keras_vs_sam_max=max(per_round),
                        tf_keras_first_call_s=first["tf_keras", m], tf_keras_memory_mb=memory["tf_keras", m])
         rows.append(row)
     return rows
 
 
 def print_rows(rows):
-    print(f"  {'m':>4} {'SAM/ERM':>8} {'tfk/tfkERM':>10} {'tfk/SAM':>8} {'first call':>15} {'tuning':>7}"
+    print(f"  {'m':>4} {'SAM/ERM':>8} {'tfk/tfkERM':>10} {'tfk/SAM (rounds)':>17} {'first call':>15} {'tuning':>7}"
           f" {'memory':>8}  layout")
     for r in rows:
-        tfk = (f"{r['tf_keras_vs_erm']:10.2f} {r['tf_keras_vs_sam']:8.2f}" if "tf_keras_vs_sam" in r
-               else f"{'-':>10} {'-':>8}")
+        tfk = (f"{r['tf_keras_vs_erm']:10.2f} {r['tf_keras_vs_sam']:5.2f} ({r['tf_keras_vs_sam_min']:.2f}-"
+               f"{r['tf_keras_vs_sam_max']:.2f})" if "tf_keras_vs_sam" in r else f"{'-':>10} {'-':>17}")
         first = f"{r['first_call_s']:.1f}/{r.get('tf_keras_first_call_s', float('nan')):.1f} s"
         print(f"  {r['m']:>4} {r['sam_vs_erm']:8.2f} {tfk} {first:>15} {r['tuning_s']:6.1f}s"
               f" {r['memory_mb']:6.0f}MB  {r['layout']}", flush=True)
@@ -189,7 +194,8 @@ def write_tables(rows, out):
              "first call SAMModel / tf_keras (s) | tuning (s) | layout chosen | step memory (MB) |",
              "|" + "---|" * 11]
     for r in rows:
-        tfk = (f"{r['tf_keras_vs_erm']:.2f} | {r['tf_keras_vs_sam']:.2f} | "
+        tfk = (f"{r['tf_keras_vs_erm']:.2f} | {r['tf_keras_vs_sam']:.2f} ({r['tf_keras_vs_sam_min']:.2f}-"
+               f"{r['tf_keras_vs_sam_max']:.2f}) | "
                f"{r['first_call_s']:.1f} / {r['tf_keras_first_call_s']:.1f}" if "tf_keras_vs_sam" in r
                else f"- | - | {r['first_call_s']:.1f} / -")
         lines.append(f"| {r['model']} | {'on' if r['jit'] else 'off'} | {r['m']} | {r['erm_ms']:.0f} | "
