@@ -633,9 +633,10 @@ def run_resnet(config):
             rng = np.random.RandomState(config.seed + len(evaluations))
             pick = rng.choice(len(data.y_train), min(config.train_eval_examples, len(data.y_train)), replace=False)
             x = images.to_unit_range(data.x_train[pick])
-            if config.augment:
-                tf.random.set_seed(config.seed + len(evaluations))
-                x = tf.map_fn(images.augment, x)
+            if config.augment:  # each image's own seed: [index, seed + evaluation]
+                seeds = tf.stack([tf.range(len(pick), dtype=tf.int64),
+                                  tf.fill([len(pick)], tf.constant(config.seed + len(evaluations), tf.int64))], axis=1)
+                x = tf.map_fn(lambda image_seed: images.augment(*image_seed), (x, seeds), fn_output_signature=tf.float32)
             train_loss, train_error = _loss_and_error(model, np.asarray(x), data.y_train[pick])
             test_loss, test_error = _loss_and_error(model, x_test, data.y_test)
             evaluations.append(1)
