@@ -230,8 +230,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(BATCH, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, size=(BATCH,))
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    print(f"batch {BATCH}, {os.cpu_count()} CPUs ({threads} intra-op threads), TF {tf.__version__}, Keras {keras.__version__}; medians of "
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"batch {BATCH}, {cores} of {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}; medians of "
           f"{args.steps} round-robin rounds; ratios to the ERM step of the same framework, run and jit setting")
     rows = []
     for name in args.models:
