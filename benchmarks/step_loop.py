@@ -14,7 +14,6 @@ import time
 
 import recipes  # noqa: F401  (TensorFlow's start-up lines hidden)
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_msam import SAMModel

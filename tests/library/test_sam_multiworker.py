@@ -5,7 +5,6 @@ import os
 
 import keras
 import numpy as np
-import pytest
 
 from keras_msam import SAMModel
 from multiworker_worker import EPOCHS, GLOBAL_BATCH, M, RHO
