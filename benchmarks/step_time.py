@@ -6,7 +6,7 @@
 For each model (the 6-conv CNN of the performance notes, a small PreAct ResNet with BatchNorm, an MLP)
 and jit setting, at batch 128 and every m: Keras 3 ERM, `SAMModel` (its default `shards_per_pass="auto"`:
 the layout measured fastest on its first steps), tf_keras ERM and tf_keras'
-`SharpnessAwareMinimization(num_batch_splits=128/m)` (if `tf-keras` is installed: `pip install tf-keras`).
+`SharpnessAwareMinimization(num_batch_splits=128/m)` (if `tf-keras` is installed: `pip install -e ".[bench]"`).
 
 Printed for every m: SAMModel step / Keras ERM step, tf_keras SAM step / tf_keras ERM step, tf_keras SAM
 step / SAMModel step (> 1: SAMModel faster; in brackets the lowest and highest of the same ratio within
@@ -225,7 +225,7 @@ def main(argv=None):
             import tf_keras  # noqa: F401
         except ImportError:
             with_tf_keras = False
-            print("tf_keras is not installed (pip install tf-keras): its SAM is skipped.")
+            print("tf_keras is not installed (pip install -e \".[bench]\"): its SAM is skipped.")
 
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(BATCH, 32, 32, 3)).astype("float32")

@@ -346,16 +346,15 @@ def train(config, callbacks=()):
                 jit_compile=jit,
             )
 
-    evaluation = PeriodicEvaluation(lambda m: evaluate(m, data, config.eval_batch_size), evaluation_keys(data),
-                                    config.eval_every, config.epochs, out, net)
+    evaluate_network = lambda network: evaluate(network, data, config.eval_batch_size)  # noqa: E731
+    evaluation = PeriodicEvaluation(evaluate_network, evaluation_keys(data), config.eval_every, config.epochs, out, net)
     schedule_callbacks = [evaluation, window]  # the evaluation logs into history.csv: before the CSVLogger
     if config.rho_follows_lr:
         schedule_callbacks.append(RhoSchedule(lambda epoch: config.rho * float(lr_schedule(epoch * steps)) / config.lr))
     swa, after_backup = None, []
     if config.swa:  # the SWA numbers go into history.csv: its callbacks come before the CSV logger
-        swa, swa_before, after_backup = swa_callbacks(net, train_ds.take(steps),
-                                                      lambda network: evaluate(network, data, config.eval_batch_size),
-                                                      config.swa_tau, config.swa_every, config.epochs, out)
+        swa, swa_before, after_backup = swa_callbacks(net, train_ds.take(steps), evaluate_network, config.swa_tau,
+                                                      config.swa_every, config.epochs, out)
         schedule_callbacks += swa_before
     history = runner.fit_dataset(model, train_ds, config.epochs, steps, out, schedule_callbacks=schedule_callbacks,
                                  callbacks=[evaluation.committer, *after_backup, *callbacks], verbose=config.verbose)
