@@ -3,8 +3,9 @@
     python benchmarks/step_time.py --quick                 # the CNN, m in (128, 8, 1), a few minutes
     python benchmarks/step_time.py --out results/step_time # every model, m and jit setting (an hour or more)
 
-For each model (the 6-conv CNN of the performance notes, a small PreAct ResNet with BatchNorm, an MLP)
-and jit setting, at batch 128 and every m: Keras 3 ERM, `SAMModel` (its default `shards_per_pass="auto"`:
+For each model (the 6-conv CNN of the performance notes, a small PreAct ResNet with BatchNorm, an MLP,
+a 2-block transformer encoder on int tokens, MobileNetV2 at alpha 0.35; `--models` picks them) and jit
+setting, at batch 128 and every m: Keras 3 ERM, `SAMModel` (its default `shards_per_pass="auto"`:
 the layout measured fastest on its first steps), tf_keras ERM and tf_keras'
 `SharpnessAwareMinimization(num_batch_splits=128/m)` (if `tf-keras` is installed: `pip install -e ".[bench]"`).
 
@@ -14,7 +15,8 @@ one round, where the two steps ran back to back: the noise of the comparison), t
 time SAMModel's layout tuning took after its first call and the layout it chose, and the memory a step
 adds. Step times are medians of `--steps` rounds in which every configuration of the model and jit
 setting takes one step in turn (round-robin: the machine's drift hits them alike). With --out, also a
-CSV and a markdown table.
+CSV and a markdown table. `--tf-keras-ms` limits tf_keras' SAM to some m (its first call unrolls 128/m
+splits into one graph: minutes for the deeper models at m = 1); the other rows then show "-".
 """
 
 import argparse
@@ -75,7 +77,89 @@ def mlp(keras_module=keras):
     )
 
 
-MODELS = {"cnn": cnn, "resnet": resnet, "mlp": mlp}
+SEQUENCE, VOCAB, WIDTH = 64, 1000, 64
+_CUSTOM_LAYERS = {}
+
+
+def position_embedding(keras_module=keras):
+    """A learned position embedding added to the token embedding, keeping its padding mask (a custom
+    layer: not in keras_msam.vectorization's allowlist, so SAMModel runs plain passes)."""
+    if keras_module not in _CUSTOM_LAYERS:
+
+        class PositionEmbedding(keras_module.layers.Layer):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.supports_masking = True
+
+            def build(self, input_shape):
+                self.positions = self.add_weight(shape=tuple(input_shape[1:]), initializer="random_normal",
+                                                 name="positions")
+
+            def call(self, inputs):
+                return inputs + self.positions
+
+            def compute_mask(self, inputs, mask=None):
+                return mask
+
+        _CUSTOM_LAYERS[keras_module] = PositionEmbedding
+    return _CUSTOM_LAYERS[keras_module]()
+
+
+def embedding(keras_module=keras):
+    """Keras 3's Embedding; for tf_keras, an Embedding whose weight gradient is dense: tf_keras'
+    SharpnessAwareMinimization sums the splits' gradients with `tf.reduce_sum`, which fails on the
+    IndexedSlices of a plain Embedding (TypeError). SAMModel takes the plain layer."""
+    if keras_module is keras:
+        return keras.layers.Embedding(VOCAB, WIDTH, mask_zero=True)
+    if "embedding" not in _CUSTOM_LAYERS:
+
+        @tf.custom_gradient
+        def dense_identity(table):
+            return tf.identity(table), tf.convert_to_tensor
+
+        class DenseGradientEmbedding(keras_module.layers.Embedding):
+            def call(self, ids):
+                return tf.gather(dense_identity(tf.convert_to_tensor(self.embeddings)), tf.cast(ids, "int32"))
+
+        _CUSTOM_LAYERS["embedding"] = DenseGradientEmbedding
+    return _CUSTOM_LAYERS["embedding"](VOCAB, WIDTH, mask_zero=True)
+
+
+def transformer(keras_module=keras):
+    """A transformer encoder classifier on int tokens (vocab 1000, length 64, 0 = padding): Embedding(mask_zero)
+    + learned positions, 2 post-LN blocks of MultiHeadAttention (4 heads, key_dim 16) and a GELU feed-forward
+    64-128-64 with residuals, masked average pooling, Dense(10)."""
+    layers = keras_module.layers
+    tokens = layers.Input((SEQUENCE,), dtype="int32")
+    h = position_embedding(keras_module)(embedding(keras_module)(tokens))
+    for _ in range(2):
+        attention = layers.MultiHeadAttention(num_heads=4, key_dim=16)(h, h)
+        h = layers.LayerNormalization()(layers.Add()([h, attention]))
+        feed_forward = layers.Dense(WIDTH)(layers.Dense(2 * WIDTH, activation="gelu")(h))
+        h = layers.LayerNormalization()(layers.Add()([h, feed_forward]))
+    outputs = layers.Dense(10)(layers.GlobalAveragePooling1D()(h))
+    return keras_module.Model(tokens, outputs)
+
+
+def mobilenet_v2(keras_module=keras):
+    """`applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)` of `keras_module`,
+    with logits out (classifier_activation=None, as the other models: the loss takes logits)."""
+    return keras_module.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10,
+                                                 classifier_activation=None)
+
+
+MODELS = {"cnn": cnn, "resnet": resnet, "mlp": mlp, "transformer": transformer, "mobilenet_v2": mobilenet_v2}
+
+
+def inputs(name, rng):
+    """A batch for model `name`: int tokens for the transformer (random lengths 8-64, then padding 0),
+    uniform 32x32x3 images for the others; integer labels 0-9."""
+    if name == "transformer":
+        x = rng.integers(1, VOCAB, size=(BATCH, SEQUENCE)).astype("int32")
+        x[np.arange(SEQUENCE) >= rng.integers(8, SEQUENCE + 1, size=(BATCH, 1))] = 0
+    else:
+        x = rng.uniform(size=(BATCH, 32, 32, 3)).astype("float32")
+    return x, rng.integers(0, 10, size=(BATCH,))
 
 
 def keras3_model(build, m, jit):
@@ -137,12 +221,14 @@ def step_peak_mb(model, x, y):
         return float("nan")
 
 
-def measure(name, jit, ms, rounds, with_tf_keras, x, y):
-    """Rows of one model and jit setting: every configuration built, first-called, tuned, then timed."""
+def measure(name, jit, ms, rounds, tf_keras_ms, x, y):
+    """Rows of one model and jit setting: every configuration built, first-called, tuned, then timed.
+    tf_keras' ERM and SAM run for the m in `tf_keras_ms` (none: no tf_keras)."""
     build = MODELS[name]
+    tf_keras_ms = [m for m in ms if m in tf_keras_ms]
     configs = [("keras", None)] + [("keras", m) for m in ms]
-    if with_tf_keras:
-        configs += [("tf_keras", None)] + [("tf_keras", m) for m in ms]
+    if tf_keras_ms:
+        configs += [("tf_keras", None)] + [("tf_keras", m) for m in tf_keras_ms]
     models, first, tuning, layout = {}, {}, {}, {}
     for framework, m in configs:
         make = keras3_model if framework == "keras" else tf_keras_model
@@ -161,7 +247,7 @@ def measure(name, jit, ms, rounds, with_tf_keras, x, y):
         row = {"model": name, "jit": jit, "m": m, "erm_ms": 1e3 * erm, "sam_ms": 1e3 * ours, "sam_vs_erm": ours / erm,
                "first_call_s": first["keras", m], "tuning_s": tuning["keras", m], "layout": layout["keras", m],
                "memory_mb": memory["keras", m], "erm_memory_mb": memory["keras", None]}
-        if with_tf_keras:
+        if m in tf_keras_ms:
             theirs = medians["tf_keras", m]
             # the noise of the comparison: the same ratio within each round (both timed back to back)
             per_round = [a / b for a, b in zip(times["tf_keras", m], times["keras", m])]
@@ -178,7 +264,8 @@ def print_rows(rows):
     for r in rows:
         tfk = (f"{r['tf_keras_vs_erm']:10.2f} {r['tf_keras_vs_sam']:5.2f} ({r['tf_keras_vs_sam_min']:.2f}-"
                f"{r['tf_keras_vs_sam_max']:.2f})" if "tf_keras_vs_sam" in r else f"{'-':>10} {'-':>17}")
-        first = f"{r['first_call_s']:.1f}/{r.get('tf_keras_first_call_s', float('nan')):.1f} s"
+        theirs = f"{r['tf_keras_first_call_s']:.1f}" if "tf_keras_first_call_s" in r else "-"
+        first = f"{r['first_call_s']:.1f}/{theirs} s"
         print(f"  {r['m']:>4} {r['sam_vs_erm']:8.2f} {tfk} {first:>15} {r['tuning_s']:6.1f}s"
               f" {r['memory_mb']:6.0f}MB  {r['layout']}", flush=True)
 
@@ -211,6 +298,8 @@ def main(argv=None):
     parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--steps", type=int, default=5, help="timed rounds per model and jit setting")
     parser.add_argument("--no-tf-keras", action="store_true", help="skip tf_keras")
+    parser.add_argument("--tf-keras-ms", nargs="+", type=int, default=None,
+                        help="the m at which tf_keras' SAM runs (default: every m of --ms)")
     parser.add_argument("--quick", action="store_true", help="the CNN only, m in (128, 8, 1), 5 rounds")
     parser.add_argument("--out", default=None, help="directory for step_time.csv and step_time.md")
     args = parser.parse_args(argv)
@@ -227,9 +316,7 @@ def main(argv=None):
             with_tf_keras = False
             print("tf_keras is not installed (pip install -e \".[bench]\"): its SAM is skipped.")
 
-    rng = np.random.default_rng(0)
-    x = rng.uniform(size=(BATCH, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, size=(BATCH,))
+    tf_keras_ms = (args.ms if args.tf_keras_ms is None else args.tf_keras_ms) if with_tf_keras else []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"batch {BATCH}, {cores} of {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}; medians of "
           f"{args.steps} round-robin rounds; ratios to the ERM step of the same framework, run and jit setting")
@@ -237,7 +324,8 @@ def main(argv=None):
     for name in args.models:
         for jit in args.jit:
             print(f"\n{name}, jit_compile={jit == 'on'}", flush=True)
-            group = measure(name, jit == "on", args.ms, args.steps, with_tf_keras, x, y)
+            x, y = inputs(name, np.random.default_rng(0))
+            group = measure(name, jit == "on", args.ms, args.steps, tf_keras_ms, x, y)
             print_rows(group)
             rows += group
             keras.backend.clear_session()

@@ -71,21 +71,23 @@ def vectorized_pass_size(num_shards, bytes_per_shard):
     return min([d for d in divisors if wanted <= d <= fits] or [max(d for d in divisors if d <= fits)])
 
 
-def static_layout(num_shards, bytes_per_shard, jit_compile):
-    """The layout used without measurement (see the module docstring)."""
-    if num_shards <= 1 or not jit_compile or num_shards <= MAX_UNROLLED_PASSES:
+def static_layout(num_shards, bytes_per_shard, jit_compile, vectorizable=True):
+    """The layout used without measurement (see the module docstring); plain passes for a model that
+    `keras_msam.vectorization` rules out of vectorized ones."""
+    if num_shards <= 1 or not jit_compile or num_shards <= MAX_UNROLLED_PASSES or not vectorizable:
         return plain(num_shards)
     return vectorized(num_shards, vectorized_pass_size(num_shards, bytes_per_shard))
 
 
-def candidates(num_shards, bytes_per_shard, jit_compile, on_gpu):
+def candidates(num_shards, bytes_per_shard, jit_compile, on_gpu, vectorizable=True):
     """The layouts `shards_per_pass="auto"` times for a step of k shards (at most 3, the static guess
     first): plain passes, vectorized passes of `vectorized_pass_size`, all shards in one vectorized pass.
 
-    Left out: plain passes in a while loop under XLA on a CPU (tens of times slower, measured), and
-    vectorized passes whose per-shard copies exceed VECTORIZED_MEMORY_BUDGET."""
-    guess = static_layout(num_shards, bytes_per_shard, jit_compile)
-    if num_shards <= 1:
+    Left out: plain passes in a while loop under XLA on a CPU (tens of times slower, measured),
+    vectorized passes whose per-shard copies exceed VECTORIZED_MEMORY_BUDGET, and every vectorized
+    layout for a model that is not `vectorizable` (then the static guess alone: nothing is timed)."""
+    guess = static_layout(num_shards, bytes_per_shard, jit_compile, vectorizable)
+    if num_shards <= 1 or not vectorizable:
         return [guess]
     options = [guess]
     if not (jit_compile and not on_gpu and plain(num_shards).loop):

@@ -15,6 +15,7 @@ the shards had run one after another. `fit` and `evaluate` run the steps through
 `shards_per_pass="auto"`).
 """
 
+import contextlib
 import math
 import numbers
 import re
@@ -26,7 +27,7 @@ from keras import tree
 from keras.src.losses import loss as loss_module
 from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_msam import ascent, layouts, shards, train_function
+from keras_msam import ascent, layouts, shards, train_function, vectorization
 
 SAM_LOGS = ("sam_loss", "sharpness", "grad_norm", "eps_norm", "grad_cosine", "rho", "m")
 _SEED_KEY = "inner_seed_"
@@ -118,6 +119,8 @@ class SAMModel(keras.Model):
             of `fit` time up to 3 candidate layouts and keep the fastest (`model.shard_layouts`,
             `model.layout_reports`); 1: plain passes, one shard at a time; p > 1: vectorized passes of
             p shards (p must divide the number of shards); None: all shards in one vectorized pass.
+            Vectorized passes only for models whose layers are all in `keras_msam.vectorization`'s
+            allowlist: any other model runs plain passes under "auto", and a vectorized setting is an error.
         sam_enabled: start with SAM on (True) or off (plain ERM step until switched on).
     """
 
@@ -162,6 +165,13 @@ class SAMModel(keras.Model):
             raise ValueError(f"bn_in_ascent must be 'batch' (ghost BN) or 'frozen' (inference mode); got {bn_in_ascent!r}.")
         if shards_per_pass not in (None, "auto"):
             _check_positive_int(shards_per_pass, "shards_per_pass", "'auto', None or shards per vectorized pass")
+        self.unvectorizable = vectorization.first_unsupported(model)  # which layer rules vectorized passes out
+        if self.unvectorizable is not None and shards_per_pass not in ("auto", 1):
+            raise ValueError(
+                f"shards_per_pass={shards_per_pass!r} asks for vectorized passes, which the model's "
+                f"{self.unvectorizable} does not support (see keras_msam.vectorization); "
+                "use shards_per_pass=1 (plain passes, one shard at a time) or 'auto'."
+            )
         self.inner = model
         patterns = _compile_patterns(exclude)
         self.exclude = tuple(p.pattern for p in patterns)
@@ -238,7 +248,12 @@ class SAMModel(keras.Model):
             return layouts.user_layout(self.shards_per_pass, num_shards)
         if batch in self.shard_layouts:
             return self.shard_layouts[batch]
-        return layouts.static_layout(num_shards, self.bytes_per_shard(), bool(self.jit_compile))
+        return layouts.static_layout(num_shards, self.bytes_per_shard(), bool(self.jit_compile), self.vectorizable)
+
+    @property
+    def vectorizable(self):
+        """Whether the shards may run in vectorized passes (`keras_msam.vectorization`)."""
+        return self.unvectorizable is None
 
     def check_batch(self, batch):
         """Before a training step on a per-replica batch of `batch`: m must not exceed the first batch."""
@@ -355,21 +370,26 @@ class SAMModel(keras.Model):
         batch = (x, y, sample_weight)
         if not self.inner.trainable_variables:
             return self._step_without_weights(batch)
-        rho = self.current_rho()
-        grads, y_pred, state, logs = self._update_function(options)(*self._state(), batch, rho, options.layout)
+        rho, examples = self.current_rho(), shards.leading_dim(x)
+        update = self._update_function(options, empty=isinstance(examples, int) and examples == 0)
+        grads, y_pred, state, logs = update(*self._state(), batch, rho, options.layout)
         self.optimizer.apply_gradients(zip(grads, self.inner.trainable_variables))
-        for variable, value in zip(self.inner.non_trainable_variables, state):
+        for variable, value in zip(self.inner.non_trainable_variables, self._replicas_state(state, examples)):
             variable.assign(value)
-        self._loss_tracker.update_state(logs.pop("loss"), sample_weight=shards.leading_dim(x))
+        self._loss_tracker.update_state(logs.pop("loss"), sample_weight=examples)
         logs["rho"] = rho
         for tracker in self._sam_trackers:
             tracker.update_state(logs[tracker.name])
+        self._track_output_losses(y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _update_function(self, options):
-        """`_sam_update` or `_erm_update`; XLA-compiled on its own when `options.jit_update` (several
-        replicas: XLA cannot compile a step that reaches the variables of several devices, so the
-        gradients are compiled per replica and applied outside XLA)."""
+    def _update_function(self, options, empty=False):
+        """`_sam_update` or `_erm_update` (`_empty_update` for a replica without examples); XLA-compiled
+        on its own when `options.jit_update` (several replicas: XLA cannot compile a step that reaches
+        the variables of several devices, so the gradients are compiled per replica and applied outside
+        XLA)."""
+        if empty:
+            return self._empty_update
         update = self._sam_update if options.sam_enabled else self._erm_update
         if not options.jit_update:
             return update
@@ -395,10 +415,7 @@ class SAMModel(keras.Model):
 
     def _sam_update(self, weights, state, batch, rho, layout):
         """Sum over shards of |S_j|/b * (G_j, losses, norms); predictions and state from the passes at w."""
-        b = shards.leading_dim(batch)
-        if isinstance(b, int) and b == 0:
-            return self._empty_update(weights, state, batch)
-        m, layout = self._shard_plan(b, layout)
+        m, layout = self._shard_plan(shards.leading_dim(batch), layout)
         connected = []
 
         def shard_fn(shard, shard_state):
@@ -411,10 +428,14 @@ class SAMModel(keras.Model):
         grads = [g if c else None for g, c in zip(grads, connected)]  # None: Keras skips it and warns
         return grads, y_pred, state, logs
 
-    def _empty_update(self, weights, state, batch):
+    def _empty_update(self, weights, state, batch, rho=None, layout=None):
         """A replica without examples (a last batch smaller than the number of replicas): no gradient, no
-        change of state, zero logs (a plain Keras model's BatchNorm turns such a step into NaN weights)."""
-        _, y_pred, _ = self._forward(weights, state, batch, training=False)
+        change of state, zero logs (a plain Keras model's BatchNorm turns such a step into NaN weights).
+        The model never sees the empty batch (TensorFlow's oneDNN Conv2D returns an empty input
+        unchanged, shape and all): the predictions are those of one zero example, cut to none."""
+        one_example = tree.map_structure(lambda t: None if t is None else tf.zeros([1, *t.shape[1:]], t.dtype), batch)
+        _, y_pred, _ = self._forward(weights, state, one_example, training=False)
+        y_pred = tree.map_structure(lambda t: t[:0], y_pred)
         zero = tf.zeros((), tf.float32)
         logs = dict.fromkeys(("loss", "sam_loss", "sharpness", "grad_norm", "eps_norm", "grad_cosine"), zero)
         return [tf.zeros_like(w) for w in weights], y_pred, state, {**logs, "m": tf.cast(self.m or self.first_batch or 0, tf.float32)}
@@ -478,16 +499,58 @@ class SAMModel(keras.Model):
 
     # ----------------------------------------------------------------- helpers
     def _forward(self, weights, state, batch, training):
-        """Loss (scaled for distribution and loss scaling), predictions and new state at `weights`."""
+        """Loss (scaled for distribution and loss scaling), predictions and new state at `weights`.
+        Keras' per-output loss trackers are left alone (see `_track_output_losses`)."""
         x, y, sample_weight = batch
         kwargs = {"training": training} if self.inner._call_has_training_arg else {}
         y_pred, new_state, losses = self.inner.stateless_call(weights, state, x, return_losses=True, **kwargs)
         self._losses_override = list(losses)
         try:
-            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            with self._output_loss_trackers_paused():
+                loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
         finally:
             self._losses_override = []
         return self.optimizer.scale_loss(loss), y_pred, new_state
+
+    def _output_loss_trackers(self):
+        """Keras' per-output loss metrics of a model with several outputs (`cls_loss`, ...), or []."""
+        return list(getattr(getattr(self, "_compile_loss", None), "metrics", None) or ())
+
+    @contextlib.contextmanager
+    def _output_loss_trackers_paused(self):
+        """The compiled loss updates its per-output trackers whenever it is called; a step calls it for
+        every shard at w and at w + eps, so those calls must not count."""
+        trackers = self._output_loss_trackers()
+        for tracker in trackers:
+            tracker.update_state = lambda *args, **kwargs: None
+        try:
+            yield
+        finally:
+            for tracker in trackers:
+                del tracker.update_state  # the class's method again
+
+    def _track_output_losses(self, y, y_pred, sample_weight):
+        """The per-output losses of the step, as Keras logs them: from the predictions at w (training
+        mode) of the whole batch."""
+        if self._output_loss_trackers():
+            self._compile_loss(y, y_pred, sample_weight)
+
+    def _replicas_state(self, state, examples):
+        """Under several replicas, BatchNorm moving statistics averaged over the replicas, weighted by
+        their examples, so that every replica and worker holds the same (the other state is the
+        replica's own)."""
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return state
+        ema = [i for i, (kind, _) in enumerate(self._state_kinds()) if kind == shards.EMA]
+        if not ema:
+            return state
+        weighted = [state[i] * tf.cast(examples, state[i].dtype) for i in ema]
+        count, *sums = train_function.all_reduce([tf.cast(examples, tf.float32), *weighted], self.distribute_strategy, "SUM")
+        state = list(state)
+        for i, total in zip(ema, sums):
+            state[i] = total / tf.cast(count, total.dtype)
+        return state
 
     def _gradient(self, weights, state, batch, training):
         """(gradients, None where the loss does not depend on a weight; loss; predictions; new state)."""

@@ -19,6 +19,7 @@ the step (`all_reduce("MEAN")` in replica context), which also works under
 
 import time
 import typing
+import warnings
 
 import tensorflow as tf
 from keras import tree
@@ -63,16 +64,16 @@ def _shape_key(data):
     )
 
 
-def _mean_over_replicas(logs, strategy):
-    """Inside a replica: the logs averaged over all replicas (of every worker); as they are with one."""
+def all_reduce(values, strategy, reduction):
+    """Inside a replica: `values` reduced over all replicas (of every worker); as they are with one."""
     context = tf.distribute.get_replica_context()
     if context.num_replicas_in_sync == 1:
-        return logs
+        return values
     local_devices = strategy.extended.worker_devices
     if len(local_devices) == 1:  # one replica per worker: its values carry no device, collectives need one
         with tf.device(local_devices[0]):
-            logs = tree.map_structure(tf.identity, logs)
-    return context.all_reduce("MEAN", logs)
+            values = tree.map_structure(tf.identity, values)
+    return context.all_reduce(reduction, values)
 
 
 class StepFunction:
@@ -89,7 +90,7 @@ class StepFunction:
         self.jit_update = bool(model.jit_compile) and strategy.num_replicas_in_sync > 1
 
         def replica_step(data, options):
-            return _mean_over_replicas(self.step_fn(data, options), strategy)
+            return all_reduce(self.step_fn(data, options), strategy, "MEAN")
 
         def run(data, options):
             logs = strategy.run(replica_step, args=(data, options))
@@ -137,7 +138,12 @@ class TrainFunction(StepFunction):
         if key not in self.tuners and not self.tuners and model.shards_per_pass == "auto" and batch:
             num_shards = model.num_shards(batch)
             on_gpu = bool(tf.config.list_logical_devices("GPU"))
-            options = layouts.candidates(num_shards, model.bytes_per_shard(), model.jit_compile, on_gpu)
+            options = layouts.candidates(num_shards, model.bytes_per_shard(), model.jit_compile, on_gpu,
+                                         model.vectorizable)
+            if num_shards > 1 and not model.vectorizable:
+                warnings.warn(f"SAMModel runs its {num_shards} shards in plain passes, one at a time: the model's "
+                              f"{model.unvectorizable} is not one that vectorized passes support "
+                              "(keras_msam.vectorization).", stacklevel=2)
             tuner = self.tuners[key] = layouts.LayoutTuner(options)
             if tuner.chosen is not None:  # a single candidate: nothing to time
                 model.shard_layouts[batch] = tuner.chosen

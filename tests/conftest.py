@@ -20,6 +20,8 @@ tf.get_logger().setLevel("ERROR")
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     keras.config.set_dtype_policy("float32")
+    keras.config.set_floatx("float32")
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
+    keras.config.set_floatx("float32")

@@ -75,3 +75,10 @@ def test_tuner_stops_timing_a_candidate_three_times_slower_than_the_best():
     assert tuner.layout() == Layout(4)
     tuner.record(Layout(4), 0.5)  # 5x slower than the best: no more steps for it
     assert tuner.chosen == Layout(1)
+
+
+def test_a_model_that_vectorized_passes_do_not_support_gets_plain_passes_only():
+    for jit in (False, True):
+        for num_shards in (2, 16, 128):
+            assert layouts.candidates(num_shards, 1, jit, False, vectorizable=False) == [layouts.plain(num_shards)]
+            assert layouts.static_layout(num_shards, 1, jit, vectorizable=False) == layouts.plain(num_shards)

@@ -206,6 +206,7 @@ def test_registry_and_clear_errors():
     assert custom.get_layer("stage3_block1_conv1").filters == 16
 
 
+@pytest.mark.slow
 def test_tiny_resnet_msam_loss_decreases_on_a_fixed_batch():
     x, y = class_images(16)
     model = SAMModel(get_model("tiny", weight_decay=5e-4), rho=0.05, m=4)

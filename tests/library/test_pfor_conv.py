@@ -32,7 +32,7 @@ def step(shards_per_pass, jit):
     return [w.numpy() for w in model.inner.weights]
 
 
-@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("jit", [False, pytest.param(True, marks=pytest.mark.slow)])  # XLA: a 10 s compile
 def test_vectorized_conv_shards_equal_plain_per_shard_passes(jit):
     plain, vectorized = step(1, jit), step(None, jit)  # 4 plain passes vs one vectorized pass of 4 shards
     moved = max(np.max(np.abs(a - b)) for a, b in zip(plain, [w.numpy() for w in small_cnn().weights]))

@@ -122,3 +122,22 @@ def test_resume_with_dropout_is_exact(tmp_path):
     assert seeds and all(s[1] > 0 for s in seeds)
     for a, b in zip(resumed.inner.get_weights(), uninterrupted.inner.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("project", [None, True, False])
+def test_one_ascent_step_longer_than_rho_is_projected_onto_the_ball_unless_told_not_to(project):
+    """normalize=True, ascent_steps=1, step_mult=2: the step of length 2 rho leaves the rho-ball; by default
+    (project=None) and with project=True eps is scaled back onto it, with project=False it stays at 2 rho."""
+    rho, m = 0.1, 4
+    x, y, _ = data()
+    model = sam(mlp(), rho=rho, m=m, ascent_steps=1, step_mult=2.0, project=project)
+    before = params_of(model)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    projected = msam_gradient(before, x, y, m=m, rho=rho, step_mult=2.0)  # step 2 rho g/||g||, then projected
+    unprojected = msam_gradient(before, x, y, m=m, rho=2 * rho)  # eps = 2 rho g/||g||
+    # the two references differ by far more than the tolerance below: the test tells them apart
+    assert max(np.max(np.abs(a - b)) for a, b in zip(projected, unprojected)) > 1e-3
+    radius, expected = (2 * rho, unprojected) if project is False else (rho, projected)
+    assert logs["eps_norm"] == pytest.approx(radius, rel=1e-5)
+    for after, w, g in zip(params_of(model), before, expected):
+        np.testing.assert_allclose(after, w - LR * g, rtol=2e-5, atol=2e-6)

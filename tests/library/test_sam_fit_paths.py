@@ -61,9 +61,18 @@ def restore(saved):
         variable.assign(value)
 
 
-@pytest.mark.parametrize("distributed", [False, True], ids=["one-device", "mirrored"])
-@pytest.mark.parametrize("jit", [False, True], ids=["no-jit", "jit"])
-@pytest.mark.parametrize("m", [1, 2, 3, None], ids=["m1", "m2-divides", "m3-does-not", "mNone"])
+def _fit_path_cases():
+    """Every m, jit setting and device count; the fast loop runs m=3 (m does not divide the batches) on
+    one device and mirrored, without XLA (CI runs them all)."""
+    for distributed in (False, True):
+        for jit in (False, True):
+            for m, m_id in ((1, "m1"), (2, "m2-divides"), (3, "m3-does-not"), (None, "mNone")):
+                fast = m == 3 and not jit
+                yield pytest.param(m, jit, distributed, marks=() if fast else (pytest.mark.slow,),
+                                   id=f"{m_id}-{'jit' if jit else 'no-jit'}-{'mirrored' if distributed else 'one-device'}")
+
+
+@pytest.mark.parametrize("m, jit, distributed", _fit_path_cases())
 def test_fit_on_numpy_and_on_tf_data_equals_the_same_steps_on_static_batches(m, jit, distributed, request):
     """One model per case (its compiled steps are shared by the three runs, so each batch shape is traced
     once): the epoch's 3 batches fed one by one as datasets of static shape, then `fit` on NumPy input

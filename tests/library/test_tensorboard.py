@@ -108,6 +108,7 @@ def test_eps_histograms_hold_one_norm_per_shard_and_layer(tmp_path):
         assert kernel > 0 and bias > 0 and kernel**2 + bias**2 == pytest.approx(0.1**2, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_tuner_trials_are_hparams_sessions(tmp_path):
     x, y, x_test, y_test = regression()
     hypermodel = SAMHyperModel(lambda: linear_model(), batch_size=20, loss="mse", lr_range=(0.05, 0.5))

@@ -112,6 +112,7 @@ def _in_space(row):
     return in_range and (row["m"] is None or BATCH % row["m"] == 0)
 
 
+@pytest.mark.slow
 def test_random_search_reports_the_best_trial(tmp_path, data):
     tuner = make_tuner("random", hypermodel_of(), max_trials=3, directory=tmp_path, project_name="p", seed=3)
     search(tuner, data)
@@ -126,6 +127,7 @@ def test_random_search_reports_the_best_trial(tmp_path, data):
     assert model.rho == pytest.approx(best["rho"]) and set(best) >= {"rho", "m", "lr", "objective"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
 def test_bayesian_and_hyperband_search_the_same_space(tmp_path, data, kind):
     if kind == "bayesian":

@@ -19,6 +19,7 @@ def _run(*args, env=None):
                           env={**environment, **(env or {})})
 
 
+@pytest.mark.slow
 def test_a_run_piped_shows_no_startup_noise_and_a_few_progress_lines(tmp_path):
     done = _run("-m", "recipes.diag_nets", "run", "--steps", "100", "--progress", "--json")
     assert done.returncode == 0, done.stderr
@@ -28,6 +29,7 @@ def test_a_run_piped_shows_no_startup_noise_and_a_few_progress_lines(tmp_path):
     assert result["method"] == "1-sam" and result["steps"] == 100 and len(result["curve"]["steps"]) == 100
 
 
+@pytest.mark.slow
 def test_python_m_recipes_is_the_msam_command_and_a_bad_value_is_a_usage_error():
     done = _run("-m", "recipes", "relu_1d", "--rho", "-1")
     assert done.returncode == 2

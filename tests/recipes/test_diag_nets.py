@@ -2,8 +2,9 @@
 the papers' claims on their settings.
 
 The papers' numbers are those printed in tml-epfl/understanding-sam, diagonal_linear_nets/
-diag_nets_sam.ipynb (cell N = the N-th cell, 0-based), or from rerunning its NumPy code where a cell
-prints nothing (marked "rerun"; docs/fidelity.md lists them).
+diag_nets_sam.ipynb (cell N = the N-th cell, 0-based), or, where a cell prints nothing, from rerunning its
+formulas (marked "rerun"; docs/fidelity.md lists them): tests/recipes/papers_reference/diag_nets_reference.py,
+a NumPy transcription of the papers' diag_nets.py and notebook cells, prints every "rerun" value.
 """
 
 import json
@@ -155,7 +156,8 @@ def test_the_notebooks_n_sam_column_ran_at_the_stale_step_size(trainers):
     assert _test_loss(trainers, "n-sam", 10, 0.001) == pytest.approx(0.015756677115280553, rel=1e-8)
     assert _test_loss(trainers, "n-sam", 10, 0.1) == pytest.approx(0.016695513663723727, rel=1e-8)
     at_15 = _test_loss(trainers, "n-sam", 15, 0.001)
-    assert at_15 == pytest.approx(0.0164549, rel=1e-5)  # rerun at 15/d
+    # rerun at 15/d: papers_reference/diag_nets_reference.py
+    assert at_15 == pytest.approx(0.0164549, rel=1e-5)
     assert at_15 > _test_loss(trainers, "erm", 15, 0.0)  # at the right step size n-SAM never beats ERM
 
 
@@ -245,9 +247,10 @@ def test_switch_reproduces_the_notebooks_cell_5(tmp_path):
 
 @pytest.mark.slow
 def test_interpolation_reproduces_the_notebooks_cell_7(tmp_path):
-    """a in linspace(-1, 2, 100), w(a) = (1 - a) w_ERM->1-SAM + a w_ERM; rerun of the papers' code: test loss
-    1.4269e-4 at a = 0 and 1.48656e-2 at a = 1, max train loss on [0, 1] 3.443e-4, lowest test loss 2.446e-5
-    at a = -0.1212, train loss 1.3419e-2 at a = -1 and 1.7127e-2 at a = 2."""
+    """a in linspace(-1, 2, 100), w(a) = (1 - a) w_ERM->1-SAM + a w_ERM; rerun of the papers' code
+    (papers_reference/diag_nets_reference.py, which checks its end points against cell 5's printed ones):
+    test loss 1.4269e-4 at a = 0 and 1.48656e-2 at a = 1, max train loss on [0, 1] 3.443e-4, lowest test
+    loss 2.446e-5 at a = -0.1212, train loss 1.3419e-2 at a = -1 and 1.7127e-2 at a = 2."""
     summary = dn.interpolation(dn.InterpolationConfig(out=str(tmp_path), progress=False))
     a, train, test = (np.asarray(summary[k]) for k in ("a", "train_loss", "test_loss"))
     np.testing.assert_array_equal(a, np.linspace(-1, 2, 100))

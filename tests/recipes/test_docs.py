@@ -14,7 +14,7 @@ LINK = re.compile(r"\]\(([^)\s#]*)(#[^)\s]*)?\)")
 SNIPPET = re.compile(r"```(bash|python) snippet\n(.*?)```", re.S)
 # what each page's snippets must print or write, besides exiting with status 0
 EXPECTED = {
-    "README.md": ("'sharpness':", "'grad_cosine':", "trained.keras"),
+    "README.md": ("'sharpness':", "'grad_cosine':", "trained.keras", "MobileNetV2:"),
     "docs/recipes/resnet.md": ("m-sharpness of the ERM -> SAM model:", "train loss along the segment:",
                                "interpolation.png", "runs/smoke_erm_to_sam/results.json"),
     "docs/tools.md": ("'method':", "'objective':", "tune/mlp/oracle.json"),

@@ -4,7 +4,7 @@ pipelines, error messages, the TFDS download path offline."""
 import configparser
 import os
 import socket
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -61,21 +61,48 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
-def test_offline_download_fails_within_seconds_and_leaves_nothing(tmp_path, monkeypatch):
+def test_offline_download_fails_after_one_bounded_probe_and_leaves_nothing(tmp_path, monkeypatch):
     _no_network(monkeypatch)
 
     def must_not_run(self, *args, **kwargs):
         raise AssertionError("TFDS's download (and its minutes of retries) must not start when the host is unreachable")
 
+    probes = []
+    real_probe = images._reachable
+
+    def probe(host, port, timeout):
+        probes.append((host, port, timeout, real_probe(host, port, timeout)))
+        return probes[-1][-1]
+
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", must_not_run)
-    started = time.perf_counter()
+    monkeypatch.setattr(images, "_reachable", probe)
     with pytest.raises(images.DatasetUnavailableError) as error:
         images.load("cifar10", data_dir=str(tmp_path / "tfds"))
-    assert time.perf_counter() - started < images.PROBE_TIMEOUT_S + 5
+    # one probe of the one download host, bounded by PROBE_TIMEOUT_S, and nothing after it failed
+    assert probes == [("www.cs.toronto.edu", 443, images.PROBE_TIMEOUT_S, False)]
     message = str(error.value)
     assert "'cifar10'" in message and "www.cs.toronto.edu:443 did not answer" in message
     assert "download_and_prepare()" in message and "--data-dir" in message  # the advice
     assert not os.path.exists(tmp_path / "tfds" / "cifar10")
+
+
+def test_the_probe_gives_up_on_a_connection_that_hangs(monkeypatch):
+    """A name lookup ignores socket timeouts: `_reachable` answers False without waiting for it to end."""
+    entered, released, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def hang(*args, **kwargs):
+        entered.set()
+        released.wait(timeout=30)  # until the test lets it go (a probe that waits for it fails below)
+        ended.set()
+        raise OSError("released")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    try:
+        assert images._reachable("www.cs.toronto.edu", 443, timeout=0.05) is False
+        assert not ended.is_set()  # it returned while the connection still hung
+        assert entered.wait(timeout=10)  # (and the connection was tried)
+    finally:
+        released.set()
 
 
 def test_failed_download_removes_what_it_created_and_keeps_the_rest(tmp_path, monkeypatch):

@@ -2,8 +2,10 @@
 data, the SGD step and loss, the measures, and their numbers.
 
 The slow tests run the notebooks' settings with the notebooks' seeds, and assert the numbers the notebooks
-print where our run reproduces them (the constant-step runs; the decayed ones are chaotic, see
-docs/recipes/large_step_sgd.md), and only the orderings that hold for the seed stated.
+print where our run reproduces them on any machine (the constant-step runs); the large-step runs are
+chaotic (docs/recipes/large_step_sgd.md): a float32 rounding of their initial weights, which is what
+another CPU's kernels amount to, moves their numbers by up to tens of percent, so those are held to
+the spread such perturbations give, and the orderings to the margins that held over them.
 """
 
 import json
@@ -252,15 +254,23 @@ def test_teacher_student_notebook_seed(tmp_path):
     summary = lss.run_experiment("teacher_student", out=str(tmp_path), eval_first=0, eval_points=2,
                                  eval_at=(14_032,), progress=False)
     constant, *decayed = summary["runs"]
+    # The constant 0.13 run is stable: a 2e-7 relative change of the initial weights (float32 rounding;
+    # another CPU's kernels do the same) moves its numbers by < 1e-5. The decayed 0.455 runs are chaotic:
+    # the same change moves the first one's test loss at 14032 over 1.18e-4 - 1.62e-4 and the later
+    # ones' by up to 30x, so the first is held to its order of magnitude.
     assert _at(constant, 14_032, "train_loss") == pytest.approx(1.35384e-05, rel=2e-3)
     assert _at(constant, 14_032, "test_loss") == pytest.approx(6.09822e-04, rel=2e-3)
-    assert _at(decayed[0], 14_032, "test_loss") == pytest.approx(1.62207e-04, rel=2e-2)
+    assert 1.62207e-04 / 2 < _at(decayed[0], 14_032, "test_loss") < 2 * 1.62207e-04
     # With the notebook's seed 0 (not robust: 0.455 diverges for most other seeds), every decayed run ends
-    # with sparser features, a lower Jacobian rank and a lower test loss than the constant step.
+    # with sparser features, a lower Jacobian rank and a lower test loss than the constant step, by the
+    # margins that held over ten such perturbations (measured: sparsity 0.26 -> 0.06-0.13, rank 26 -> 8-18,
+    # test loss 6.0e-4 -> 0.06e-4 - 4.6e-4).
     for run in decayed:
         assert run["diverged_at"] is None
-        for key in ("feature_sparsity", "jacobian_rank", "test_loss"):
-            assert run["metrics"][key] < constant["metrics"][key], (run["label"], key)
+        metrics, label = run["metrics"], run["label"]
+        assert metrics["feature_sparsity"] < 0.6 * constant["metrics"]["feature_sparsity"], label
+        assert metrics["jacobian_rank"] <= constant["metrics"]["jacobian_rank"] - 5, label
+        assert metrics["test_loss"] < 0.9 * constant["metrics"]["test_loss"], label
     for name in ("curves.png", "results.json"):
         assert os.path.getsize(tmp_path / name) > 1000
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -268,23 +278,45 @@ def test_teacher_student_notebook_seed(tmp_path):
 
 
 @pytest.mark.slow
-def test_three_layer_notebook_seed_reproduces_the_notebook(tmp_path):
+def test_three_layer_notebook_seed_reproduces_the_notebooks_claims(tmp_path):
     # fc_nets_multi_layer.ipynb c1 prints at iteration 9934: train / test loss and the active % of layers 1, 2.
     printed = [(1.3714e-3, 0.061388, 0.570, 0.466), (1.0972e-3, 0.032181, 0.476, 0.312),
                (1.0055e-3, 0.024772, 0.378, 0.252), (1.0614e-3, 0.020578, 0.340, 0.182)]
+    # These 10^4-step float32 runs at step 0.04 are chaotic: a 2e-7 relative change of the initial weights
+    # (float32 rounding; another CPU's kernels do the same) moves the p = 0.5 run's train loss over
+    # 0.7e-3 - 2.3e-3, its test loss over 0.020 - 0.024, its active fractions over 0.30 - 0.37 and
+    # 0.18 - 0.25, and the p = 0.1 run's train loss by 0.5 %. So: the notebook's numbers to the spread
+    # that rounding left over ten such perturbations, and its claims by the margins that held over them
+    # (the decayed runs' orderings against the constant run also held for student seeds 0-8, by smaller
+    # margins).
     summary = lss.run_experiment("teacher_student_3layer", out=str(tmp_path), eval_first=0, eval_points=2,
                                  eval_at=(9934,), progress=False)
-    for run, (train, test, layer1, layer2) in zip(summary["runs"], printed):
-        assert _at(run, 9934, "active_fraction/hidden1") == pytest.approx(layer1, abs=0.005)
-        assert _at(run, 9934, "active_fraction/hidden2") == pytest.approx(layer2, abs=0.005)
-        tolerance = 1e-3 if run["decay_at"] <= 0.1 else 3e-2  # the later-decayed runs drift (chaotic steps)
-        assert _at(run, 9934, "test_loss") == pytest.approx(test, rel=tolerance)
-        assert _at(run, 9934, "train_loss") == pytest.approx(train, rel=tolerance)
-    # The papers' ordering, at the notebook's seed: the longer the large-step phase, the sparser both layers and
-    # the lower the test loss.
-    for key in ("feature_sparsity/hidden1", "feature_sparsity/hidden2", "test_loss"):
-        values = [run["metrics"][key] for run in summary["runs"]]
-        assert values == sorted(values, reverse=True), (key, values)
+    runs = summary["runs"]
+    at = [{key: _at(run, 9934, key) for key in ("train_loss", "test_loss", "active_fraction/hidden1",
+                                                  "active_fraction/hidden2")} for run in runs]
+    for run, measured, (train, test, layer1, layer2) in zip(runs, at, printed):
+        assert run["diverged_at"] is None
+        stable = run["decay_at"] <= 0.1  # the constant run and the short large-step phase: rounding moves < 1 %
+        if stable:
+            assert measured["train_loss"] == pytest.approx(train, rel=0.05)
+        else:
+            assert train / 3 < measured["train_loss"] < 3 * train  # they fit to ~1e-3 like the others
+        assert measured["test_loss"] == pytest.approx(test, rel=0.05 if stable else 0.3)
+        assert measured["active_fraction/hidden1"] == pytest.approx(layer1, abs=0.02 if stable else 0.08)
+        assert measured["active_fraction/hidden2"] == pytest.approx(layer2, abs=0.02 if stable else 0.08)
+    # The papers' claims: a large step, decayed, ends with both layers sparser and a lower test loss than the
+    # constant small step (all three decayed runs, by wide margins), and more so the longer the large-step
+    # phase (p = 0.3 and 0.5 against p = 0.1; p = 0.3 against p = 0.5 is within the rounding spread).
+    final = [run["metrics"] for run in runs]
+    constant, short, *longer = final
+    for run in (short, *longer):
+        assert run["test_loss"] < 0.6 * constant["test_loss"]  # measured: 0.54 / 0.41 / 0.33-0.40 x
+        for layer in ("hidden1", "hidden2"):
+            assert run[f"feature_sparsity/{layer}"] < constant[f"feature_sparsity/{layer}"] - 0.05
+    for run in longer:
+        assert run["test_loss"] < 0.9 * short["test_loss"]  # measured: 0.77 / 0.62-0.75 x
+        for layer in ("hidden1", "hidden2"):
+            assert run[f"feature_sparsity/{layer}"] < short[f"feature_sparsity/{layer}"] - 0.03
 
 
 # ------------------------------------------------------------------------------------------ ResNet

@@ -79,6 +79,7 @@ def test_m_must_fit_the_per_replica_batch():
 
 
 # --------------------------------------------------------------------------- runs
+@pytest.mark.slow
 def test_erm_to_sam_window_with_label_noise_and_rho_following_lr(tmp_path, capsys):
     config = _config(tmp_path, label_noise=0.5, sam_window=(0.75, 1.0), rho_follows_lr=True, sharpness_m=4)
     results = _train(config)
@@ -119,6 +120,7 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     config = _config(tmp_path, epochs=3, norm="group", val_fraction=0.0, m=16)  # one shard: cheaper to trace
     with pytest.raises(RuntimeError, match="simulated kill"):
@@ -132,6 +134,7 @@ def test_killed_run_resumes_at_the_next_epoch(tmp_path):
     assert not os.path.exists(os.path.join(config.out, "backup"))  # removed once training completed
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_two_replicas(tmp_path, capsys):
     config = _config(tmp_path, epochs=1, strategy="mirrored", val_fraction=0.0)
     results = _train(config)

@@ -8,6 +8,7 @@ import pytest
 from recipes import cli
 
 
+@pytest.mark.slow
 def test_search_writes_and_prints_the_summary(tmp_path, capsys):
     argv = ["tune", "diag_nets", "--max-trials", "2", "--epochs", "1", "--steps-per-epoch", "3", "--m", "1,5"]
     assert cli.main(argv + ["--directory", str(tmp_path), "--seed", "2"]) == 0
